@@ -41,10 +41,13 @@ fn rotate_key(key: [u8; 4], offset: usize) -> [u8; 4] {
 }
 
 /// The reference implementation: one byte at a time. Used by tests and the masking benchmark.
+///
+/// Like [`apply_mask`], any `offset` is accepted: the index wraps instead of overflowing near
+/// `usize::MAX` (the number of `usize` values is a multiple of 4, so the key position stays right).
 #[doc(hidden)]
 pub fn apply_mask_bytewise(buf: &mut [u8], key: [u8; 4], offset: usize) {
     for (i, b) in buf.iter_mut().enumerate() {
-        *b ^= key[(offset + i) & 3];
+        *b ^= key[offset.wrapping_add(i) & 3];
     }
 }
 

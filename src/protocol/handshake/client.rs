@@ -168,8 +168,9 @@ impl ServerResponse {
         if !self.headers.get_all("connection").any(|v| contains_token(v, "upgrade")) {
             return Err(HandshakeError::MissingOrInvalidHeader("Connection"));
         }
-        match self.headers.get("sec-websocket-accept") {
-            Some(a) if a.trim() == accept_key(key.as_bytes()) => {}
+        // Exactly one accept key (a repeated field is invalid, RFC 7230 §3.2.2), and the right one.
+        match (self.headers.count("sec-websocket-accept"), self.headers.get("sec-websocket-accept")) {
+            (1, Some(a)) if a.trim() == accept_key(key.as_bytes()) => {}
             _ => return Err(HandshakeError::AcceptMismatch),
         }
         if let Some(p) = &self.protocol {

@@ -1,0 +1,282 @@
+//! A connection's outgoing bytes, written with vectored writes when the socket is writable.
+//!
+//! Small frames are copied into one contiguous tail buffer, so a turn's worth of small messages
+//! leaves in one `write`. Large payloads (and shared prepared frames) are queued as their own
+//! `Bytes`, by reference, and go out in the same `writev` as the frames around them.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::protocol::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
+use crate::protocol::mask::apply_mask;
+
+/// Payloads at least this long are queued by reference instead of copied.
+pub(crate) const COPY_THRESHOLD: usize = 4096;
+/// Tail capacity kept after the queue drains; more is released so idle connections stay small.
+const KEEP_CAPACITY: usize = 4096;
+/// Most slices in one `writev`.
+const MAX_IOVECS: usize = 64;
+
+/// Outgoing bytes of one connection.
+#[derive(Debug, Default)]
+pub(crate) struct WriteQueue {
+    /// Sealed chunks, in order, before `tail`.
+    chunks: VecDeque<Bytes>,
+    /// Small frames appended after the chunks.
+    tail: BytesMut,
+    len: usize,
+}
+
+impl WriteQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes waiting to be written.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Memory held by the tail buffer.
+    pub fn capacity(&self) -> usize {
+        self.tail.capacity()
+    }
+
+    /// Queue raw bytes (an HTTP head), copied.
+    pub fn push_slice(&mut self, b: &[u8]) {
+        self.tail.extend_from_slice(b);
+        self.len += b.len();
+    }
+
+    /// Queue shared bytes by reference (small ones are copied: a reference costs a queue slot
+    /// and an iovec, a copy of a few bytes costs less).
+    pub fn push_bytes(&mut self, b: Bytes) {
+        if b.len() < 256 {
+            self.push_slice(&b);
+            return;
+        }
+        self.seal();
+        self.len += b.len();
+        self.chunks.push_back(b);
+    }
+
+    fn seal(&mut self) {
+        if !self.tail.is_empty() {
+            self.chunks.push_back(self.tail.split().freeze());
+        }
+    }
+
+    /// Queue one frame; returns the bytes queued. A masked payload is masked as it is copied; an
+    /// unmasked payload of at least [`COPY_THRESHOLD`] bytes is queued by reference.
+    pub fn push_frame(&mut self, opcode: OpCode, fin: bool, rsv: u8, payload: &Bytes, mask: Option<[u8; 4]>) -> usize {
+        let header = FrameHeader { fin, rsv, opcode, mask, payload_len: payload.len() as u64 };
+        let mut h = [0u8; MAX_HEADER_LEN];
+        let hl = header.encode(&mut h);
+        if mask.is_none() && payload.len() >= COPY_THRESHOLD {
+            self.push_slice(&h[..hl]);
+            self.seal();
+            self.len += payload.len();
+            self.chunks.push_back(payload.clone());
+        } else {
+            self.tail.reserve(hl + payload.len());
+            self.tail.extend_from_slice(&h[..hl]);
+            let start = self.tail.len();
+            self.tail.extend_from_slice(payload);
+            if let Some(key) = mask {
+                apply_mask(&mut self.tail[start..], key, 0);
+            }
+            self.len += hl + payload.len();
+        }
+        hl + payload.len()
+    }
+
+    /// Queue a frame header alone (streaming API: the payload follows in chunks).
+    pub fn push_header(&mut self, header: &FrameHeader) -> usize {
+        let mut h = [0u8; MAX_HEADER_LEN];
+        let hl = header.encode(&mut h);
+        self.push_slice(&h[..hl]);
+        hl
+    }
+
+    /// Queue payload bytes of a frame whose header is queued, masked from payload offset `offset`.
+    pub fn push_payload(&mut self, data: &Bytes, mask: Option<[u8; 4]>, offset: u64) -> usize {
+        match mask {
+            Some(key) => {
+                let start = self.tail.len();
+                self.tail.extend_from_slice(data);
+                apply_mask(&mut self.tail[start..], key, offset as usize);
+                self.len += data.len();
+            }
+            None => self.push_bytes(data.clone()),
+        }
+        data.len()
+    }
+
+    /// Write as much as the writer takes, with vectored writes. Returns the bytes written; stops
+    /// (without error) at `WouldBlock`. Any other error is returned.
+    pub fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<usize> {
+        let mut total = 0;
+        while self.len > 0 {
+            let res = if self.chunks.is_empty() {
+                w.write(&self.tail)
+            } else {
+                let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut n = 0;
+                for c in self.chunks.iter().take(MAX_IOVECS - 1) {
+                    slices[n] = IoSlice::new(c);
+                    n += 1;
+                }
+                if !self.tail.is_empty() {
+                    slices[n] = IoSlice::new(&self.tail);
+                    n += 1;
+                }
+                w.write_vectored(&slices[..n])
+            };
+            match res {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.advance(n);
+                    total += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.len == 0 && self.tail.capacity() > KEEP_CAPACITY {
+            self.tail = BytesMut::new();
+        }
+        Ok(total)
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            match self.chunks.front_mut() {
+                Some(c) if c.len() <= n => {
+                    n -= c.len();
+                    self.chunks.pop_front();
+                }
+                Some(c) => {
+                    c.advance(n);
+                    return;
+                }
+                None => {
+                    self.tail.advance(n);
+                    if self.tail.is_empty() {
+                        self.tail.clear();
+                    }
+                    return;
+                }
+            }
+        }
+        if self.chunks.is_empty() && self.tail.is_empty() {
+            self.tail.clear();
+        }
+    }
+
+    /// Drop everything queued; returns the bytes dropped.
+    pub fn clear(&mut self) -> usize {
+        let n = self.len;
+        *self = Self::default();
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `cap` bytes per call, then blocks after `budget` bytes.
+    struct Throttled {
+        out: Vec<u8>,
+        cap: usize,
+        budget: usize,
+    }
+
+    impl Write for Throttled {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = b.len().min(self.cap).min(self.budget);
+            self.out.extend_from_slice(&b[..n]);
+            self.budget -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn small_and_large_frames_keep_order_across_partial_writes() {
+        let mut q = WriteQueue::new();
+        let big = Bytes::from(vec![b'x'; 10_000]);
+        q.push_frame(OpCode::Text, true, 0, &Bytes::from_static(b"a"), None);
+        q.push_frame(OpCode::Binary, true, 0, &big, None);
+        q.push_frame(OpCode::Text, true, 0, &Bytes::from_static(b"b"), None);
+        let mut expect = BytesMut::new();
+        crate::protocol::frame::write_frame(&mut expect, OpCode::Text, true, 0, b"a", None);
+        crate::protocol::frame::write_frame(&mut expect, OpCode::Binary, true, 0, &big, None);
+        crate::protocol::frame::write_frame(&mut expect, OpCode::Text, true, 0, b"b", None);
+        assert_eq!(q.len(), expect.len());
+        let mut w = Throttled { out: Vec::new(), cap: 777, budget: 5000 };
+        assert_eq!(q.write_to(&mut w).unwrap(), 5000);
+        assert_eq!(q.len(), expect.len() - 5000);
+        w.budget = usize::MAX;
+        q.write_to(&mut w).unwrap();
+        assert!(q.is_empty());
+        assert_eq!(w.out, &expect[..]);
+    }
+
+    #[test]
+    fn masked_frames_are_masked_copies() {
+        let mut q = WriteQueue::new();
+        let payload = Bytes::from_static(b"Hello");
+        q.push_frame(OpCode::Text, true, 0, &payload, Some([0x37, 0xfa, 0x21, 0x3d]));
+        let mut w = Throttled { out: Vec::new(), cap: 100, budget: 100 };
+        q.write_to(&mut w).unwrap();
+        assert_eq!(w.out, [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]);
+        assert_eq!(&payload[..], b"Hello");
+    }
+
+    #[test]
+    fn large_unmasked_payload_is_not_copied() {
+        let mut q = WriteQueue::new();
+        let big = Bytes::from(vec![1u8; COPY_THRESHOLD]);
+        q.push_frame(OpCode::Binary, true, 0, &big, None);
+        assert!(q.chunks.iter().any(|c| c.as_ptr() == big.as_ptr()));
+    }
+
+    #[test]
+    fn memory_is_released_when_drained() {
+        let mut q = WriteQueue::new();
+        q.push_slice(&vec![0u8; 100_000]);
+        let mut w = Throttled { out: Vec::new(), cap: usize::MAX, budget: usize::MAX };
+        q.write_to(&mut w).unwrap();
+        assert!(q.capacity() <= KEEP_CAPACITY);
+        assert_eq!(q.clear(), 0);
+    }
+
+    #[test]
+    fn streamed_payload_masks_with_offsets() {
+        let key = [1, 2, 3, 4];
+        let mut q = WriteQueue::new();
+        let header = FrameHeader { fin: true, rsv: 0, opcode: OpCode::Binary, mask: Some(key), payload_len: 10 };
+        q.push_header(&header);
+        q.push_payload(&Bytes::from_static(b"abc"), Some(key), 0);
+        q.push_payload(&Bytes::from_static(b"defghij"), Some(key), 3);
+        let mut w = Throttled { out: Vec::new(), cap: usize::MAX, budget: usize::MAX };
+        q.write_to(&mut w).unwrap();
+        let mut expect = BytesMut::new();
+        crate::protocol::frame::write_frame(&mut expect, OpCode::Binary, true, 0, b"abcdefghij", Some(key));
+        assert_eq!(w.out, &expect[..]);
+    }
+}
