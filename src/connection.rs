@@ -348,6 +348,12 @@ impl<H: Handler> Connection<H> {
         self.drive(ctx)
     }
 
+    /// Continue after [`Drive::More`]: a fresh read budget for this turn.
+    pub fn resume(&mut self, ctx: &mut Ctx<'_>) -> Drive {
+        self.budget = ctx.settings.read_budget;
+        self.drive(ctx)
+    }
+
     /// Drive the connection: decode what is buffered, read more while allowed. Returns after at
     /// most one handler callback that queued commands.
     pub fn drive(&mut self, ctx: &mut Ctx<'_>) -> Drive {
@@ -401,14 +407,14 @@ impl<H: Handler> Connection<H> {
             let Some(sock) = self.socket.as_mut() else { return Drive::Idle };
             let max = ctx.settings.read_buffer_size.min(self.budget);
             match self.rbuf.read_from(sock, max) {
-                Ok(0) => return self.eof(ctx),
-                Ok(n) => {
+                Ok((0, _)) => return self.eof(ctx),
+                Ok((n, room)) => {
                     self.budget = self.budget.saturating_sub(n);
                     self.last_rx = ctx.now;
                     self.ping_sent = None;
                     // A short read drained the socket: with edge-triggered readiness, the next
                     // data brings a new event, so the read that would return WouldBlock is skipped.
-                    if n < max && !self.read_closed {
+                    if n < room && !self.read_closed {
                         self.want_read = false;
                     }
                 }

@@ -43,15 +43,17 @@ impl ReadBuffer {
     }
 
     /// Read once from `r` into at most `max` bytes of room (made if needed). Returns what `read`
-    /// returned: `Ok(0)` is end of stream.
-    pub fn read_from<R: Read>(&mut self, r: &mut R, max: usize) -> io::Result<usize> {
+    /// returned (`0` is end of stream) and how much room it was offered: a read that filled its
+    /// room may have left data in the socket.
+    pub fn read_from<R: Read>(&mut self, r: &mut R, max: usize) -> io::Result<(usize, usize)> {
         if self.buf.len() - self.filled < max.min(4096) {
             self.make_room(max);
         }
         let end = self.buf.len().min(self.filled + max);
+        let room = end - self.filled;
         let n = r.read(&mut self.buf[self.filled..end])?;
         self.filled += n;
-        Ok(n)
+        Ok((n, room))
     }
 
     /// Room for `room` more bytes after the data (reclaiming consumed space where possible).
@@ -108,7 +110,7 @@ mod tests {
         let mut rb = ReadBuffer::new();
         assert_eq!(rb.capacity(), 0);
         let mut src: &[u8] = b"hello world";
-        assert_eq!(rb.read_from(&mut src, 64).unwrap(), 11);
+        assert_eq!(rb.read_from(&mut src, 64).unwrap().0, 11);
         assert_eq!(rb.data(), b"hello world");
         let mut data = rb.take_data();
         let hello = data.split_to(6).freeze();

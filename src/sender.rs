@@ -157,6 +157,14 @@ impl SlotTable {
         slot.status.store((id.generation as u64) << 2 | st, Ordering::Release);
     }
 
+    /// Open -> Closing for this generation only (a no-op if the slot moved on meanwhile).
+    pub fn mark_closing(&self, id: ConnId) {
+        let slot = &self.slots[id.slot as usize];
+        let open = (id.generation as u64) << 2 | STATE_OPEN;
+        let closing = (id.generation as u64) << 2 | STATE_CLOSING;
+        let _ = slot.status.compare_exchange(open, closing, Ordering::AcqRel, Ordering::Acquire);
+    }
+
     pub fn state(&self, id: ConnId) -> SlotState {
         let Some(slot) = self.slots.get(id.slot as usize) else { return SlotState::Free };
         let s = slot.status.load(Ordering::Acquire);
@@ -330,7 +338,10 @@ impl Sender {
             return Err(Error::InvalidUse("close code may not be sent (RFC 6455 §7.4)"));
         }
         let id = self.open_id()?;
-        self.push(Command { target: Target::Conn(id), op: Op::Close(code, reason.to_string()), accounted: 0 })
+        self.push(Command { target: Target::Conn(id), op: Op::Close(code, reason.to_string()), accounted: 0 })?;
+        // From now on sends fail, even before the loop has applied the close.
+        self.shared.slots.mark_closing(id);
+        Ok(())
     }
 
     /// Send a ping with `payload` (at most 125 bytes).

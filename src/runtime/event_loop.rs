@@ -232,7 +232,7 @@ impl<F: Factory> EventLoop<F> {
             self.drain_channel();
             for _ in 0..self.ready.len() {
                 let Some((_, id)) = self.ready.pop_front() else { break };
-                self.drive(id, |c, ctx| c.drive(ctx));
+                self.drive(id, |c, ctx| c.resume(ctx));
             }
             self.fire_timers();
             if self.accept_retry_at.is_some_and(|t| t <= self.now) {

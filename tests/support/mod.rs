@@ -1,0 +1,248 @@
+//! Shared helpers for the runtime integration tests: a recording handler, servers on port 0,
+//! tungstenite peers, bounded waits.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wsloop::{
+    Bytes, CloseCode, Error, Handler, Message, Request, Response, Sender, ServerResponse, Settings, Token, WebSocket,
+};
+
+/// Everything a handler saw, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ev {
+    Request {
+        path: String,
+        query: Option<String>,
+        cookie: Option<String>,
+        origin: Option<String>,
+        protocols: Vec<String>,
+    },
+    Response {
+        status: u16,
+        protocol: Option<String>,
+    },
+    Open,
+    Message(Message),
+    Close(u16, String),
+    Error(String),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Timeout(u64),
+    Writable,
+}
+
+/// A handler that records its callbacks and echoes messages (unless `echo` is false).
+pub struct Recorder {
+    pub out: Sender,
+    pub tx: mpsc::Sender<Ev>,
+    pub echo: bool,
+    pub protocol: Option<String>,
+    pub reject: Option<u16>,
+}
+
+impl Handler for Recorder {
+    fn on_request(&mut self, req: &Request) -> Result<Response, wsloop::Rejection> {
+        let _ = self.tx.send(Ev::Request {
+            path: req.path().to_string(),
+            query: req.query().map(str::to_string),
+            cookie: req.cookie("session").map(str::to_string),
+            origin: req.origin().map(str::to_string),
+            protocols: req.protocols().to_vec(),
+        });
+        if let Some(status) = self.reject {
+            return Err(wsloop::Rejection::new(status).with_body("not you").with_header("X-Reason", "test"));
+        }
+        let mut resp = Response::accept().with_header("Set-Cookie", "id=42");
+        if let Some(p) = self.protocol.as_deref().filter(|p| req.protocols().iter().any(|o| o == p)) {
+            resp = resp.with_protocol(p);
+        }
+        Ok(resp)
+    }
+    fn on_response(&mut self, res: &ServerResponse) -> wsloop::Result<()> {
+        let _ = self.tx.send(Ev::Response { status: res.status(), protocol: res.protocol().map(str::to_string) });
+        Ok(())
+    }
+    fn on_open(&mut self) -> wsloop::Result<()> {
+        let _ = self.tx.send(Ev::Open);
+        Ok(())
+    }
+    fn on_message(&mut self, msg: Message) -> wsloop::Result<()> {
+        let _ = self.tx.send(Ev::Message(msg.clone()));
+        if self.echo {
+            self.out.send(msg)?;
+        }
+        Ok(())
+    }
+    fn on_close(&mut self, code: CloseCode, reason: &str) {
+        let _ = self.tx.send(Ev::Close(code.0, reason.to_string()));
+    }
+    fn on_error(&mut self, err: Error) {
+        let _ = self.tx.send(Ev::Error(err.to_string()));
+    }
+    fn on_ping(&mut self, payload: Bytes) -> wsloop::Result<()> {
+        let _ = self.tx.send(Ev::Ping(payload.to_vec()));
+        Ok(())
+    }
+    fn on_pong(&mut self, payload: Bytes) -> wsloop::Result<()> {
+        let _ = self.tx.send(Ev::Pong(payload.to_vec()));
+        Ok(())
+    }
+    fn on_timeout(&mut self, token: Token) -> wsloop::Result<()> {
+        let _ = self.tx.send(Ev::Timeout(token.0));
+        Ok(())
+    }
+    fn on_writable(&mut self) -> wsloop::Result<()> {
+        let _ = self.tx.send(Ev::Writable);
+        Ok(())
+    }
+}
+
+/// A running server loop.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub control: Sender,
+    pub handle: Option<JoinHandle<wsloop::Result<()>>>,
+}
+
+impl Server {
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// Shut down and join, within a bound.
+    pub fn stop(mut self) {
+        self.control.shutdown().unwrap();
+        join_within(self.handle.take().unwrap(), Duration::from_secs(10));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            let _ = self.control.shutdown();
+        }
+    }
+}
+
+/// Join a thread, failing the test if it does not finish in time.
+pub fn join_within(h: JoinHandle<wsloop::Result<()>>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !h.is_finished() {
+        assert!(Instant::now() < deadline, "event loop did not stop within {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.join().expect("loop thread panicked").expect("loop returned an error");
+}
+
+/// Start a server with `settings` whose handlers are recorders feeding one channel.
+pub fn recording_server(
+    settings: Settings,
+    echo: bool,
+    protocol: Option<&str>,
+    reject: Option<u16>,
+) -> (Server, mpsc::Receiver<Ev>) {
+    let (tx, rx) = mpsc::channel();
+    let protocol = protocol.map(str::to_string);
+    let factory = move |out: Sender| Recorder { out, tx: tx.clone(), echo, protocol: protocol.clone(), reject };
+    (spawn_server(factory, settings), rx)
+}
+
+/// Start any factory as a server on 127.0.0.1:0.
+pub fn spawn_server<F>(factory: F, settings: Settings) -> Server
+where
+    F: wsloop::Factory + Send + 'static,
+    F::Handler: Send,
+{
+    let mut ws = WebSocket::with_settings(factory, settings).unwrap();
+    let addr = ws.listen("127.0.0.1:0").unwrap();
+    let control = ws.sender();
+    let handle = Some(ws.spawn().unwrap());
+    Server { addr, control, handle }
+}
+
+/// Receive the next event within `limit`, or fail.
+pub fn next(rx: &mpsc::Receiver<Ev>, limit: Duration) -> Ev {
+    rx.recv_timeout(limit).unwrap_or_else(|e| panic!("no event within {limit:?}: {e}"))
+}
+
+/// Receive events until one matches, failing after `limit`.
+pub fn wait_for(rx: &mpsc::Receiver<Ev>, limit: Duration, mut pred: impl FnMut(&Ev) -> bool) -> Ev {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(ev) if pred(&ev) => return ev,
+            Ok(_) => {}
+            Err(_) => panic!("no matching event within {limit:?}"),
+        }
+    }
+}
+
+pub const T: Duration = Duration::from_secs(5);
+
+/// A blocking tungstenite client with read timeouts.
+pub type Client = tungstenite::WebSocket<TcpStream>;
+
+pub fn tclient(url: &str) -> Client {
+    let (c, _) = tclient_with(tungstenite::client::IntoClientRequest::into_client_request(url).unwrap());
+    c
+}
+
+pub fn tclient_with(
+    req: tungstenite::handshake::client::Request,
+) -> (Client, tungstenite::handshake::client::Response) {
+    let host = req.uri().host().unwrap().to_string();
+    let port = req.uri().port_u16().unwrap();
+    let stream = TcpStream::connect((host.as_str(), port)).unwrap();
+    stream.set_read_timeout(Some(T)).unwrap();
+    tungstenite::client(req, stream).map_err(|e| format!("{e}")).unwrap()
+}
+
+/// Read frames until a close frame arrives; returns its code and reason.
+pub fn read_close(c: &mut Client) -> (u16, String) {
+    loop {
+        match c.read() {
+            Ok(tungstenite::Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
+            Ok(tungstenite::Message::Close(None)) => return (1005, String::new()),
+            Ok(_) => {}
+            Err(e) => panic!("connection ended without a close frame: {e}"),
+        }
+    }
+}
+
+/// A tungstenite echo server on 127.0.0.1:0 (one connection per thread), for client tests.
+pub fn tungstenite_echo_server(protocol: Option<&'static str>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let cb = move |req: &tungstenite::handshake::server::Request,
+                               mut resp: tungstenite::handshake::server::Response| {
+                    if let Some(p) = protocol {
+                        let offered =
+                            req.headers().get("Sec-WebSocket-Protocol").and_then(|v| v.to_str().ok()).unwrap_or("");
+                        if offered.split(',').any(|o| o.trim() == p) {
+                            resp.headers_mut().insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+                        }
+                    }
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tungstenite::accept_hdr(s, cb) else { return };
+                while let Ok(m) = ws.read() {
+                    // tungstenite queues the pong for a ping; flush so it leaves before the next
+                    // blocking read.
+                    let r = if m.is_text() || m.is_binary() { ws.send(m) } else { ws.flush() };
+                    if r.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
