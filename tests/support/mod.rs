@@ -1,6 +1,6 @@
 //! Shared helpers for the runtime integration tests: a recording handler, servers on port 0,
 //! tungstenite peers, bounded waits.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::result_large_err)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
