@@ -50,3 +50,13 @@ pub use settings::Settings;
 
 /// Re-exported so handlers can name payload types without adding the dependency.
 pub use bytes::Bytes;
+
+/// The code in `README.md` and `docs/guide.md`, compiled as doc tests so the documentation
+/// cannot drift from the API.
+#[cfg(doctest)]
+mod doc_tests {
+    #[doc = include_str!("../README.md")]
+    struct Readme;
+    #[doc = include_str!("../docs/guide.md")]
+    struct Guide;
+}

@@ -303,6 +303,9 @@ impl<F: Factory> EventLoop<F> {
                 }
             }
         }
+        // Callbacks that ended the connection (on_close, on_error) may have queued commands for
+        // other connections.
+        self.apply_local();
         self.flush_all();
     }
 
@@ -422,6 +425,7 @@ impl<F: Factory> EventLoop<F> {
         self.stats.closed += 1;
         log::trace!("{} removed", conn.id);
         self.factory.connection_lost(conn.handler);
+        self.apply_local();
         if self.accept_paused && self.accept_retry_at.is_none() {
             self.resume_accept();
         }
