@@ -220,6 +220,7 @@ pub(crate) struct LoopShared {
     pub slots: SlotTable,
     pub next_timer: AtomicU64,
     pub max_send_queue: usize,
+    pub stats: crate::runtime::event_loop::LoopCounters,
 }
 
 impl fmt::Debug for LoopShared {
@@ -297,6 +298,11 @@ impl Sender {
     /// Whether the connection is open (its handshake done, no close frame sent or received yet).
     pub fn is_open(&self) -> bool {
         self.id.is_some_and(|id| self.shared.slots.state(id) == SlotState::Open)
+    }
+
+    /// The loop's counters: open connections, accepted and closed totals, timers.
+    pub fn loop_stats(&self) -> crate::LoopStats {
+        self.shared.stats.snapshot()
     }
 
     /// Bytes queued for this connection and not yet accepted by the kernel (like the browser's

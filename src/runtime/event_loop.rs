@@ -33,12 +33,13 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 static NEXT_LOOP_ID: AtomicUsize = AtomicUsize::new(1);
 
-/// Counters of one loop, for monitoring and for leak tests.
+/// Counters of one loop, for monitoring and for leak tests ([`Sender::loop_stats`] reads them
+/// while the loop runs; gauges are updated once per loop turn).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoopStats {
     /// Connections currently in the loop's table.
     pub connections: usize,
-    /// Connections accepted since the loop started.
+    /// Connections accepted (servers) or opened (clients) since the loop started.
     pub accepted: u64,
     /// Connections removed since the loop started.
     pub closed: u64,
@@ -46,6 +47,28 @@ pub struct LoopStats {
     pub timers: usize,
     /// Times accepting was paused because of the connection or file-descriptor limit.
     pub accept_pauses: u64,
+}
+
+/// The loop's counters, shared with every `Sender` so they can be read while it runs.
+#[derive(Debug, Default)]
+pub(crate) struct LoopCounters {
+    pub connections: AtomicUsize,
+    pub accepted: AtomicU64,
+    pub closed: AtomicU64,
+    pub timers: AtomicUsize,
+    pub accept_pauses: AtomicU64,
+}
+
+impl LoopCounters {
+    pub fn snapshot(&self) -> LoopStats {
+        LoopStats {
+            connections: self.connections.load(Ordering::Relaxed),
+            accepted: self.accepted.load(Ordering::Relaxed),
+            closed: self.closed.load(Ordering::Relaxed),
+            timers: self.timers.load(Ordering::Relaxed),
+            accept_pauses: self.accept_pauses.load(Ordering::Relaxed),
+        }
+    }
 }
 
 pub(crate) struct EventLoop<F: Factory> {
@@ -67,7 +90,6 @@ pub(crate) struct EventLoop<F: Factory> {
     accept_retry_at: Option<Instant>,
     shutdown_deadline: Option<Instant>,
     now: Instant,
-    stats: LoopStats,
 }
 
 impl<F: Factory> std::fmt::Debug for EventLoop<F> {
@@ -101,6 +123,7 @@ impl<F: Factory> EventLoop<F> {
             slots: SlotTable::new(settings.max_connections),
             next_timer: AtomicU64::new(1),
             max_send_queue: settings.max_send_queue,
+            stats: LoopCounters::default(),
         });
         Ok(EventLoop {
             poll,
@@ -120,7 +143,6 @@ impl<F: Factory> EventLoop<F> {
             accept_retry_at: None,
             shutdown_deadline: None,
             now: Instant::now(),
-            stats: LoopStats::default(),
             settings,
         })
     }
@@ -134,7 +156,13 @@ impl<F: Factory> EventLoop<F> {
     }
 
     pub fn stats(&self) -> LoopStats {
-        LoopStats { connections: self.conns.len(), timers: self.timers.len(), ..self.stats }
+        self.shared.stats.snapshot()
+    }
+
+    /// Publish the gauges (connections, timers) once per turn.
+    fn publish_gauges(&self) {
+        self.shared.stats.connections.store(self.conns.len(), Ordering::Relaxed);
+        self.shared.stats.timers.store(self.timers.len(), Ordering::Relaxed);
     }
 
     pub fn listen(&mut self, addr: SocketAddr) -> Result<SocketAddr> {
@@ -189,7 +217,7 @@ impl<F: Factory> EventLoop<F> {
         }
         let dead = conn.phase == crate::connection::Phase::Dead;
         self.conns.insert(conn);
-        self.stats.accepted += 1;
+        self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
         if dead {
             self.remove(slot);
         }
@@ -240,7 +268,9 @@ impl<F: Factory> EventLoop<F> {
                 self.resume_accept();
             }
             self.flush_all();
+            self.publish_gauges();
         }
+        self.publish_gauges();
         self.factory.on_shutdown();
         Ok(())
     }
@@ -350,7 +380,7 @@ impl<F: Factory> EventLoop<F> {
             if self.conns.len() >= self.settings.max_connections {
                 if !self.accept_paused {
                     log::warn!("connection limit ({}) reached: accepting paused", self.settings.max_connections);
-                    self.stats.accept_pauses += 1;
+                    self.shared.stats.accept_pauses.fetch_add(1, Ordering::Relaxed);
                 }
                 self.accept_paused = true;
                 return;
@@ -381,7 +411,7 @@ impl<F: Factory> EventLoop<F> {
                     };
                     let conn = Connection::accepted(id, socket, peer, handler, &mut ctx);
                     self.conns.insert(conn);
-                    self.stats.accepted += 1;
+                    self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
                     log::trace!("{id} accepted from {peer}");
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -390,7 +420,7 @@ impl<F: Factory> EventLoop<F> {
                     // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of resources. Busy-looping on accept
                     // would burn the core; pause and retry when a connection closes, or soon.
                     log::warn!("accept failed ({e}); accepting paused for {ACCEPT_RETRY:?}");
-                    self.stats.accept_pauses += 1;
+                    self.shared.stats.accept_pauses.fetch_add(1, Ordering::Relaxed);
                     self.accept_paused = true;
                     self.accept_retry_at = Some(self.now + ACCEPT_RETRY);
                     return;
@@ -422,7 +452,7 @@ impl<F: Factory> EventLoop<F> {
         };
         conn.finish(&mut ctx);
         self.shared.slots.set(conn.id, SlotState::Free);
-        self.stats.closed += 1;
+        self.shared.stats.closed.fetch_add(1, Ordering::Relaxed);
         log::trace!("{} removed", conn.id);
         self.factory.connection_lost(conn.handler);
         self.apply_local();
