@@ -37,6 +37,10 @@ use crate::sender::{ConnId, LoopShared, Op, SlotState};
 use crate::settings::Settings;
 use crate::write_queue::WriteQueue;
 
+/// Bytes queued on a connection beyond which it is written at once instead of at the end of
+/// the turn.
+const CORK_LIMIT: usize = 64 * 1024;
+
 /// What the loop lends a connection while driving it.
 pub(crate) struct Ctx<'a> {
     pub settings: &'a Settings,
@@ -390,7 +394,11 @@ impl<H: Handler> Connection<H> {
 
     fn drive_inner(&mut self, ctx: &mut Ctx<'_>) -> Drive {
         loop {
+            let phase = self.phase;
             match self.process(ctx) {
+                // The handshake completed: frames that arrived with it are already buffered
+                // and the socket may be drained, so decode them before reading again.
+                Step::Continue if self.phase != phase && self.rbuf.filled() > 0 => continue,
                 Step::Continue => {}
                 Step::Yield => return Drive::Yield,
                 Step::Dead => return Drive::Dead,
@@ -671,7 +679,11 @@ impl<H: Handler> Connection<H> {
                     guard(catch, || self.handler.on_message_end())
                 }
                 (Event::Ping(payload), _) => {
-                    if ctx.settings.auto_pong && !self.close_sent {
+                    // A peer that pings without reading must not grow our queue: past the send
+                    // queue limit, pings go unanswered (RFC 6455 §5.5.3 lets an endpoint answer
+                    // only the most recent of several pings).
+                    let room = ctx.shared.slots.buffered(self.id) + payload.len() + 6 <= ctx.settings.max_send_queue;
+                    if ctx.settings.auto_pong && !self.close_sent && room {
                         self.queue_control(ctx, OpCode::Pong, &payload);
                     }
                     guard(catch, || self.handler.on_ping(payload))
@@ -766,6 +778,9 @@ impl<H: Handler> Connection<H> {
 
     /// The closing handshake is over: flush, half-close (server), wait for the TCP close.
     fn enter_draining(&mut self, ctx: &mut Ctx<'_>) {
+        if self.phase == Phase::Dead {
+            return;
+        }
         self.phase = Phase::Draining;
         ctx.shared.slots.set(self.id, SlotState::Closing);
         if self.role == Role::Server {
@@ -783,6 +798,7 @@ impl<H: Handler> Connection<H> {
     }
 
     fn send_close_payload(&mut self, ctx: &mut Ctx<'_>, payload: Bytes) {
+        self.finish_streamed_frame(ctx);
         self.queue_control(ctx, OpCode::Close, &payload);
         self.close_sent = true;
         self.arm_close_timer(ctx);
@@ -805,6 +821,17 @@ impl<H: Handler> Connection<H> {
 
     fn schedule_flush(&mut self) {
         self.flush_scheduled = true;
+    }
+
+    /// Writes are corked until the end of the turn, except when a connection has a lot queued:
+    /// then it is written at once, so many commands applied in one turn (a burst of broadcasts
+    /// from another thread, say) reach the kernel instead of piling up against the queue limit.
+    fn flush_if_large(&mut self, ctx: &mut Ctx<'_>) {
+        if self.wq.len() >= CORK_LIMIT {
+            // An error here shows up again, and is handled, at the scheduled flush.
+            let _ = self.flush(ctx);
+            self.flush_scheduled = true;
+        }
     }
 
     /// Write what is queued; manage write interest and the server's half-close.
@@ -950,8 +977,10 @@ impl<H: Handler> Connection<H> {
                 let mut payload = BytesMut::new();
                 CloseFrame::write_payload(code, reason, &mut payload);
                 self.send_close_payload(ctx, payload.freeze());
-                self.phase = Phase::Closing;
                 ctx.shared.slots.set(self.id, SlotState::Closing);
+                if self.phase != Phase::Dead {
+                    self.phase = Phase::Closing;
+                }
             }
             Phase::Closing | Phase::Draining | Phase::Dead => {}
             _ => self.phase = Phase::Dead,
@@ -963,6 +992,7 @@ impl<H: Handler> Connection<H> {
         let slot = self.id.slot as usize;
         let sending = self.phase == Phase::Open && !self.close_sent;
         match op {
+            Op::Send(msg) if sending && self.out.kind.is_some() => self.out.deferred.push_back((msg, accounted)),
             Op::Send(msg) if sending => {
                 let n = self.queue_message(ctx, &msg);
                 self.settle(ctx, accounted, n);
@@ -981,7 +1011,6 @@ impl<H: Handler> Connection<H> {
                 let n = self.wq.push_frame(OpCode::Pong, true, 0, &p, key);
                 self.settle(ctx, accounted, n);
             }
-            Op::Send(msg) if sending && self.out.kind.is_some() => self.out.deferred.push_back((msg, accounted)),
             Op::BeginMessage(kind) if sending => {
                 if self.out.kind.is_some() || self.out.frame_left > 0 {
                     return self.misuse(ctx, "begin_message while a message is in progress");
@@ -1041,6 +1070,7 @@ impl<H: Handler> Connection<H> {
             ctx.shared.slots.release(slot, reserved - queued);
         }
         self.schedule_flush();
+        self.flush_if_large(ctx);
     }
 
     /// Queue a whole message (split into frames with `auto_fragment_size`). Returns bytes queued.
@@ -1095,9 +1125,19 @@ impl<H: Handler> Connection<H> {
         if self.phase != Phase::Open || self.close_sent {
             return 0;
         }
+        let queued = ctx.shared.slots.buffered(self.id);
+        if queued + p.frame_len(self.role == Role::Client) > ctx.settings.max_send_queue {
+            // A broadcast has no sender to report `SendQueueFull` to, and silently skipping the
+            // message would lose it while the connection stays open: a client this far behind
+            // is closed instead (1008), and the rest of the loop goes on.
+            log::info!("{} {:?}: send queue full ({queued} bytes) on broadcast, closing", self.id, self.peer);
+            self.close(ctx, CloseCode::POLICY_VIOLATION, "send queue full");
+            return 0;
+        }
         let n = self.queue_prepared(ctx, p);
         ctx.shared.slots.add(self.id.slot as usize, n);
         self.schedule_flush();
+        self.flush_if_large(ctx);
         n
     }
 
@@ -1137,6 +1177,26 @@ impl<H: Handler> Connection<H> {
         self.out.frame_offset += data.len() as u64;
         self.out.frame_left -= data.len() as u64;
         n
+    }
+
+    /// A frame whose header announced more payload than was sent must be completed before any
+    /// other frame (the peer counts bytes): pad it with zeros. The message stays unfinished (no
+    /// FIN), so the peer never delivers it. Padding is bounded; past the bound the connection is
+    /// dropped without a close frame instead.
+    fn finish_streamed_frame(&mut self, ctx: &mut Ctx<'_>) {
+        let left = self.out.frame_left;
+        if left == 0 {
+            return;
+        }
+        if left > 1 << 20 {
+            log::warn!("{} {:?}: {left} bytes of a streamed frame unsent; dropping the connection", self.id, self.peer);
+            self.wq.clear();
+            self.phase = Phase::Dead;
+            return;
+        }
+        let pad = Bytes::from(vec![0u8; left as usize]);
+        let n = self.queue_stream_data(&pad);
+        ctx.shared.slots.add(self.id.slot as usize, n);
     }
 
     /// Send the whole messages that waited for a frame-API message to end.

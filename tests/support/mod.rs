@@ -246,3 +246,126 @@ pub fn tungstenite_echo_server(protocol: Option<&'static str>) -> SocketAddr {
     });
     addr
 }
+
+/// A raw WebSocket client over a blocking socket: sends arbitrary (masked) frames, reads the
+/// server's frames one by one. For tests that need control over framing.
+pub struct Raw {
+    pub s: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A frame as read by [`Raw::read_frame`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFrame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl Raw {
+    /// Connect and complete the upgrade to `path`.
+    pub fn connect(addr: SocketAddr, path: &str) -> Raw {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed during handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        buf.drain(..end);
+        Raw { s, buf }
+    }
+
+    /// Send one frame, masked with a fixed key.
+    pub fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        use std::io::Write;
+        self.s.write_all(&bytes_frame(fin, opcode, payload)).unwrap();
+    }
+
+    /// Send raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.s.write_all(bytes).unwrap();
+    }
+
+    /// Read the next frame from the server (which must be unmasked).
+    pub fn read_frame(&mut self) -> RawFrame {
+        self.try_read_frame().expect("connection closed before a frame arrived")
+    }
+
+    /// The next frame, or `None` at end of stream.
+    pub fn try_read_frame(&mut self) -> Option<RawFrame> {
+        use std::io::Read;
+        loop {
+            if self.buf.len() >= 2 {
+                let b0 = self.buf[0];
+                let b1 = self.buf[1];
+                assert_eq!(b1 & 0x80, 0, "server frames must not be masked");
+                let (len, hl) = match b1 & 0x7f {
+                    126 if self.buf.len() >= 4 => (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4),
+                    127 if self.buf.len() >= 10 => {
+                        (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10)
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= hl + len {
+                    let payload = self.buf[hl..hl + len].to_vec();
+                    self.buf.drain(..hl + len);
+                    return Some(RawFrame { fin: b0 & 0x80 != 0, opcode: b0 & 0x0f, payload });
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            match self.s.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    /// Read frames until a close frame; returns its code (1005 when empty).
+    pub fn read_close_code(&mut self) -> u16 {
+        loop {
+            let f = self.read_frame();
+            if f.opcode == 8 {
+                return if f.payload.len() >= 2 { u16::from_be_bytes([f.payload[0], f.payload[1]]) } else { 1005 };
+            }
+        }
+    }
+}
+
+/// Encode a masked client frame.
+pub fn bytes_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0x11u8, 0x22, 0x33, 0x44];
+    let mut out = vec![(fin as u8) << 7 | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 65535 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i & 3]));
+    out
+}
