@@ -221,6 +221,9 @@ pub(crate) struct LoopShared {
     pub next_timer: AtomicU64,
     pub max_send_queue: usize,
     pub stats: crate::runtime::event_loop::LoopCounters,
+    /// Bytes of broadcasts queued but not yet applied: counted in every connection's
+    /// `buffered_amount`, so an application pacing itself by it sees broadcasts in flight too.
+    pub pending_broadcast: AtomicUsize,
 }
 
 impl fmt::Debug for LoopShared {
@@ -309,7 +312,7 @@ impl Sender {
     /// `WebSocket.bufferedAmount`). A game server can skip or coalesce updates for a slow client
     /// when this grows.
     pub fn buffered_amount(&self) -> usize {
-        self.id.map_or(0, |id| self.shared.slots.buffered(id))
+        self.id.map_or(0, |id| self.shared.slots.buffered(id) + self.shared.pending_broadcast.load(Ordering::Relaxed))
     }
 
     /// Queue a text or binary message (anything `Into<Message>`: `&str`, `String`, `Vec<u8>`,
@@ -391,14 +394,20 @@ impl Sender {
 
     /// Queue `msg` for every open connection of this loop (including this one). The message is
     /// framed once per role and shared by reference between connections.
+    ///
+    /// A connection whose queue the message would take past `Settings::max_send_queue` is closed
+    /// with 1008 (it is too far behind to keep up); until the loop applies the broadcast, its size
+    /// counts in every connection's [`buffered_amount`](Self::buffered_amount).
     pub fn broadcast(&self, msg: impl Into<Message>) -> Result<()> {
-        let prepared = PreparedMessage::new(msg.into());
-        self.push(Command { target: Target::All, op: Op::SendPrepared(prepared), accounted: 0 })
+        self.broadcast_prepared(&PreparedMessage::new(msg.into()))
     }
 
-    /// Queue a prepared message for every open connection of this loop.
+    /// Queue a prepared message for every open connection of this loop (see
+    /// [`broadcast`](Self::broadcast)).
     pub fn broadcast_prepared(&self, msg: &PreparedMessage) -> Result<()> {
-        self.push(Command { target: Target::All, op: Op::SendPrepared(msg.clone()), accounted: 0 })
+        let n = msg.frame_len(true);
+        self.shared.pending_broadcast.fetch_add(n, Ordering::Relaxed);
+        self.push(Command { target: Target::All, op: Op::SendPrepared(msg.clone()), accounted: n })
     }
 
     /// Shut the whole loop down gracefully: stop accepting, close every connection with 1001
@@ -498,8 +507,12 @@ impl Sender {
         match self.shared.tx.try_send(cmd) {
             Ok(()) => {}
             Err(e) => {
-                if let Target::Conn(id) = target {
-                    self.shared.slots.release(id.slot as usize, accounted);
+                match target {
+                    Target::Conn(id) => self.shared.slots.release(id.slot as usize, accounted),
+                    Target::All => {
+                        self.shared.pending_broadcast.fetch_sub(accounted, Ordering::Relaxed);
+                    }
+                    Target::Loop => {}
                 }
                 return Err(match e {
                     crossbeam_channel::TrySendError::Full(_) => Error::ChannelFull,

@@ -19,6 +19,9 @@ pub struct Settings {
     /// Most simultaneous connections (servers and clients). When reached, accepting pauses until
     /// one closes. Default: 100,000.
     pub max_connections: usize,
+    /// The listen backlog: connections the kernel completes and holds until the loop accepts
+    /// them (capped by the kernel's `net.core.somaxconn`). Default: 1024.
+    pub listen_backlog: i32,
     /// Most bytes in an opening handshake's HTTP head; more gets HTTP 431. Default: 8 KiB.
     pub max_handshake_bytes: usize,
     /// Most header fields in an opening handshake; more gets HTTP 431. Default: 64.
@@ -74,6 +77,7 @@ impl Default for Settings {
             max_message_size: Some(64 << 20),
             max_fragments: Some(65_536),
             max_connections: 100_000,
+            listen_backlog: 1024,
             max_handshake_bytes: 8 * 1024,
             max_handshake_headers: 64,
             open_timeout: Duration::from_secs(5),

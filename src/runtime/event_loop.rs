@@ -124,6 +124,7 @@ impl<F: Factory> EventLoop<F> {
             next_timer: AtomicU64::new(1),
             max_send_queue: settings.max_send_queue,
             stats: LoopCounters::default(),
+            pending_broadcast: AtomicUsize::new(0),
         });
         Ok(EventLoop {
             poll,
@@ -166,7 +167,12 @@ impl<F: Factory> EventLoop<F> {
     }
 
     pub fn listen(&mut self, addr: SocketAddr) -> Result<SocketAddr> {
-        let mut l = TcpListener::bind(addr)?;
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(self.settings.listen_backlog.max(1))?;
+        let mut l = TcpListener::from_std(socket.into());
         let token = MioToken(LISTENER_BASE + self.listeners.len());
         self.poll.registry().register(&mut l, token, Interest::READABLE)?;
         let local = l.local_addr()?;
@@ -511,6 +517,7 @@ impl<F: Factory> EventLoop<F> {
                         self.with_conn(id, |c, ctx| c.broadcast(ctx, &p));
                     }
                 }
+                self.shared.pending_broadcast.fetch_sub(cmd.accounted, Ordering::Relaxed);
             }
             Target::Loop => match cmd.op {
                 Op::Shutdown => self.begin_shutdown(),
