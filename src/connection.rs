@@ -39,7 +39,7 @@ use crate::write_queue::WriteQueue;
 
 /// Bytes queued on a connection beyond which it is written at once instead of at the end of
 /// the turn.
-const CORK_LIMIT: usize = 64 * 1024;
+const CORK_LIMIT: usize = 256 * 1024;
 
 /// What the loop lends a connection while driving it.
 pub(crate) struct Ctx<'a> {
@@ -49,6 +49,7 @@ pub(crate) struct Ctx<'a> {
     pub mask: &'a mut MaskGen,
     pub registry: &'a Registry,
     pub loop_rbuf: &'a mut ReadBuffer,
+    pub buf_pool: &'a mut Vec<BytesMut>,
     pub now: Instant,
 }
 
@@ -361,35 +362,29 @@ impl<H: Handler> Connection<H> {
     /// Drive the connection: decode what is buffered, read more while allowed. Returns after at
     /// most one handler callback that queued commands.
     pub fn drive(&mut self, ctx: &mut Ctx<'_>) -> Drive {
-        // Idle connections hold no read buffer: borrow the loop's for this turn.
-        let borrowed = self.rbuf.capacity() == 0;
-        if borrowed {
-            std::mem::swap(&mut self.rbuf, ctx.loop_rbuf);
+        // Read into the loop's buffer (large, shared by all connections); a leftover partial
+        // frame from last time moves into it first.
+        debug_assert_eq!(ctx.loop_rbuf.filled(), 0);
+        if self.rbuf.filled() > 0 {
+            ctx.loop_rbuf.extend_from_slice(self.rbuf.data());
         }
+        self.rbuf.clear();
+        std::mem::swap(&mut self.rbuf, ctx.loop_rbuf);
         let r = self.drive_inner(ctx);
-        if borrowed || self.rbuf.capacity() > ctx.settings.read_buffer_size {
-            self.return_buffer(ctx);
-        }
+        self.return_buffer(ctx);
         r
     }
 
-    /// Give the loop's buffer back, keeping a small copy of a partial frame if there is one.
+    /// Give the loop's buffer back, keeping a copy of what is left undecoded: at most a partial
+    /// frame header, control frame or handshake head (payload is handed out as it arrives), so a
+    /// few bytes, bounded by the handshake limits.
     fn return_buffer(&mut self, ctx: &mut Ctx<'_>) {
-        let left = self.rbuf.filled();
-        if left == 0 {
-            if ctx.loop_rbuf.capacity() == 0 {
-                std::mem::swap(&mut self.rbuf, ctx.loop_rbuf);
-            }
-            self.rbuf.clear();
-        } else if left <= 4096 && ctx.loop_rbuf.capacity() == 0 {
-            let mut own = ReadBuffer::new();
-            own.extend_from_slice(self.rbuf.data());
-            std::mem::swap(&mut self.rbuf, ctx.loop_rbuf);
+        std::mem::swap(&mut self.rbuf, ctx.loop_rbuf);
+        let left = ctx.loop_rbuf.filled();
+        if left > 0 {
+            self.rbuf.extend_from_slice(ctx.loop_rbuf.data());
             ctx.loop_rbuf.consume(left);
-            self.rbuf = own;
         }
-        // Otherwise the connection keeps the buffer (a large frame is arriving) and the loop
-        // allocates a fresh one when it next needs it.
     }
 
     fn drive_inner(&mut self, ctx: &mut Ctx<'_>) -> Drive {
@@ -412,9 +407,9 @@ impl<H: Handler> Connection<H> {
             if self.budget == 0 {
                 return Drive::More;
             }
-            let Some(sock) = self.socket.as_mut() else { return Drive::Idle };
+            let Some(sock) = self.socket.as_ref() else { return Drive::Idle };
             let max = ctx.settings.read_buffer_size.min(self.budget);
-            match self.rbuf.read_from(sock, max) {
+            match self.rbuf.read_from(sock, max, ctx.buf_pool) {
                 Ok((0, _)) => return self.eof(ctx),
                 Ok((n, room)) => {
                     self.budget = self.budget.saturating_sub(n);
@@ -634,11 +629,37 @@ impl<H: Handler> Connection<H> {
 
     /// Decode frames and dispatch their events.
     fn frames(&mut self, ctx: &mut Ctx<'_>) -> Step {
+        let mut data = self.rbuf.take_data();
+        let step = self.frames_from(ctx, &mut data);
+        self.rbuf.restore(data);
+        step
+    }
+
+    fn frames_from(&mut self, ctx: &mut Ctx<'_>, data: &mut BytesMut) -> Step {
         let catch = ctx.settings.catch_panics;
         loop {
-            let mut data = self.rbuf.take_data();
-            let ev = self.decoder.next_event(&mut data);
-            self.rbuf.restore(data);
+            if self.level == Level::Message {
+                match self.decoder.try_whole_message(data) {
+                    Ok(Some((kind, payload))) => {
+                        let msg = match kind {
+                            MessageKind::Text => Message::Text(crate::Utf8Bytes::from_validated(payload)),
+                            MessageKind::Binary => Message::Binary(payload),
+                        };
+                        let r = guard(catch, || self.handler.on_message(msg));
+                        match self.after_callback(ctx, r) {
+                            Step::Continue => continue,
+                            other => return other,
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        log::debug!("{} {:?}: protocol error: {e}", self.id, self.peer);
+                        self.fail(ctx, Error::Protocol(e));
+                        return Step::Continue;
+                    }
+                }
+            }
+            let ev = self.decoder.next_event(data);
             let ev = match ev {
                 Ok(Some(ev)) => ev,
                 Ok(None) => return Step::Continue,
@@ -708,6 +729,14 @@ impl<H: Handler> Connection<H> {
                 log::error!("{} {:?}: handler panicked: {msg}", self.id, self.peer);
             }
             self.fail(ctx, e);
+        }
+        // Commands for this connection (an echo, a close) are applied here, in order; the loop
+        // is asked to step in only for commands addressed elsewhere.
+        while let Some(cmd) = crate::sender::pop_local_for(self.id) {
+            if self.apply(cmd.op, cmd.accounted, ctx) == Drive::Dead {
+                self.phase = Phase::Dead;
+                return Step::Dead;
+            }
         }
         if crate::sender::has_local() {
             Step::Yield

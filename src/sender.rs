@@ -14,6 +14,7 @@
 //! the generation no longer matches, never delivered to a newer connection in the same slot.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -236,7 +237,7 @@ thread_local! {
     /// The id of the loop running on this thread (0: none).
     static CURRENT_LOOP: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// Commands issued on the loop's own thread, drained by the loop after each callback.
-    static LOCAL_QUEUE: RefCell<Vec<Command>> = const { RefCell::new(Vec::new()) };
+    static LOCAL_QUEUE: RefCell<VecDeque<Command>> = const { RefCell::new(VecDeque::new()) };
 }
 
 /// Mark this thread as running loop `id` (0 to clear).
@@ -246,14 +247,19 @@ pub(crate) fn set_current_loop(id: usize) {
 
 /// Move the commands queued on this thread into `out`.
 pub(crate) fn take_local(out: &mut Vec<Command>) {
+    LOCAL_QUEUE.with(|q| out.extend(q.borrow_mut().drain(..)));
+}
+
+/// The first queued command, if it is addressed to connection `id` (so the connection can apply
+/// it at once, in order, without a round trip through the loop).
+pub(crate) fn pop_local_for(id: ConnId) -> Option<Command> {
     LOCAL_QUEUE.with(|q| {
         let mut q = q.borrow_mut();
-        if out.is_empty() {
-            std::mem::swap(&mut *q, out);
-        } else {
-            out.append(&mut q);
+        match q.front() {
+            Some(c) if c.target == Target::Conn(id) => q.pop_front(),
+            _ => None,
         }
-    });
+    })
 }
 
 /// Whether commands are waiting in this thread's local queue.
@@ -499,7 +505,7 @@ impl Sender {
 
     fn push(&self, cmd: Command) -> Result<()> {
         if CURRENT_LOOP.with(|c| c.get()) == self.shared.loop_id {
-            LOCAL_QUEUE.with(|q| q.borrow_mut().push(cmd));
+            LOCAL_QUEUE.with(|q| q.borrow_mut().push_back(cmd));
             return Ok(());
         }
         let accounted = cmd.accounted;

@@ -45,7 +45,7 @@ pub struct Settings {
     /// want, and wsloop batches its own writes). Default: true.
     pub tcp_nodelay: bool,
     /// Size of the loop's read buffer, and the most read from one socket per read call.
-    /// Idle connections hold no read buffer. Default: 64 KiB.
+    /// Idle connections hold no read buffer (the loop owns one). Default: 256 KiB.
     pub read_buffer_size: usize,
     /// Most bytes queued for sending on one connection (frames not yet accepted by the kernel).
     /// A send beyond it fails with [`Error::SendQueueFull`](crate::Error::SendQueueFull) and is not
@@ -87,7 +87,7 @@ impl Default for Settings {
             keepalive_timeout: Duration::from_secs(30),
             auto_pong: true,
             tcp_nodelay: true,
-            read_buffer_size: 64 * 1024,
+            read_buffer_size: 256 * 1024,
             max_send_queue: (16 << 20) + (64 << 10),
             send_queue_low_water: 64 * 1024,
             channel_capacity: 65_536,

@@ -322,6 +322,48 @@ impl Decoder {
         }
     }
 
+    /// Fast path for the message level: when the buffer starts with a whole, unfragmented,
+    /// uncompressed text or binary frame that breaks no rule, consume it and return its kind and
+    /// unmasked (and, for text, validated) payload in one step. `Ok(None)` means "not applicable
+    /// here": use [`next_event`](Self::next_event), which handles everything else (and reports
+    /// any error). The result is the same as `next_event`'s five events for that frame.
+    pub fn try_whole_message(&mut self, buf: &mut BytesMut) -> Result<Option<(MessageKind, Bytes)>, ProtocolError> {
+        if self.state != State::Header || self.message.is_some() {
+            return Ok(None);
+        }
+        let Ok(HeaderParse::Complete(h, n)) = FrameHeader::parse(buf) else { return Ok(None) };
+        let kind = match h.opcode {
+            OpCode::Text => MessageKind::Text,
+            OpCode::Binary => MessageKind::Binary,
+            _ => return Ok(None),
+        };
+        let masked_ok = match self.config.role {
+            Role::Server => h.mask.is_some(),
+            Role::Client => h.mask.is_none(),
+        };
+        let len = h.payload_len;
+        let within = |limit: Option<u64>| limit.is_none_or(|max| len <= max);
+        if !h.fin
+            || h.rsv != 0
+            || !masked_ok
+            || !within(self.config.max_frame_size)
+            || !within(self.config.max_message_size)
+            || (buf.len() as u64) < n as u64 + len
+        {
+            return Ok(None);
+        }
+        buf.advance(n);
+        let mut payload = buf.split_to(len as usize);
+        if let Some(key) = h.mask {
+            apply_mask(&mut payload, key, 0);
+        }
+        if kind == MessageKind::Text && std::str::from_utf8(&payload).is_err() {
+            self.state = State::Done;
+            return Err(ProtocolError::InvalidUtf8);
+        }
+        Ok(Some((kind, payload.freeze())))
+    }
+
     /// The kind of the message in progress, if any.
     pub fn message_kind(&self) -> Option<MessageKind> {
         self.message.map(|m| m.kind)
@@ -555,6 +597,55 @@ mod tests {
         assert_eq!(server().next_event(&mut b), Err(ProtocolError::InvalidUtf8));
         let mut b = client_frame(OpCode::Close, true, &999u16.to_be_bytes());
         assert_eq!(server().next_event(&mut b), Err(ProtocolError::InvalidCloseCode(999)));
+    }
+
+    #[test]
+    fn whole_message_fast_path_matches_the_event_sequence() {
+        let mut buf = client_frame(OpCode::Text, true, "héllo".as_bytes());
+        buf.extend_from_slice(&client_frame(OpCode::Text, false, b"frag"));
+        let mut dec = server();
+        let (kind, payload) = dec.try_whole_message(&mut buf).unwrap().unwrap();
+        assert_eq!((kind, &payload[..]), (MessageKind::Text, "héllo".as_bytes()));
+        // A fragment is not a whole message: the fast path declines and leaves it alone.
+        let before = buf.len();
+        assert_eq!(dec.try_whole_message(&mut buf).unwrap(), None);
+        assert_eq!(buf.len(), before);
+        assert_eq!(
+            dec.next_event(&mut buf).unwrap(),
+            Some(Event::MessageBegin { kind: MessageKind::Text, compressed: false })
+        );
+        // Inside a message it always declines.
+        let mut more = client_frame(OpCode::Binary, true, b"x");
+        assert_eq!(dec.try_whole_message(&mut more).unwrap(), None);
+    }
+
+    #[test]
+    fn whole_message_fast_path_declines_what_it_does_not_check() {
+        let mut dec = server();
+        // Incomplete, unmasked (a protocol error left to next_event), over the limit, RSV set.
+        let whole = client_frame(OpCode::Binary, true, &[1; 10]);
+        assert_eq!(dec.try_whole_message(&mut BytesMut::from(&whole[..8])).unwrap(), None);
+        let mut unmasked = BytesMut::new();
+        write_frame(&mut unmasked, OpCode::Binary, true, 0, b"x", None);
+        assert_eq!(dec.try_whole_message(&mut unmasked).unwrap(), None);
+        assert_eq!(dec.next_event(&mut unmasked), Err(ProtocolError::UnmaskedFrame));
+        let mut cfg = DecoderConfig::new(Role::Server);
+        cfg.max_message_size = Some(5);
+        let mut big = client_frame(OpCode::Binary, true, &[0; 6]);
+        let mut dec = Decoder::new(cfg);
+        assert_eq!(dec.try_whole_message(&mut big).unwrap(), None);
+        assert!(dec.next_event(&mut big).is_err());
+        let mut rsv = BytesMut::new();
+        write_frame(&mut rsv, OpCode::Binary, true, RSV1, b"x", Some([0; 4]));
+        assert_eq!(server().try_whole_message(&mut rsv).unwrap(), None);
+    }
+
+    #[test]
+    fn whole_message_fast_path_rejects_invalid_utf8() {
+        let mut buf = client_frame(OpCode::Text, true, b"\xc0\xaf");
+        let mut dec = server();
+        assert_eq!(dec.try_whole_message(&mut buf), Err(ProtocolError::InvalidUtf8));
+        assert_eq!(dec.next_event(&mut buf).unwrap(), None, "nothing after the error");
     }
 
     #[test]

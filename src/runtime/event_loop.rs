@@ -83,7 +83,10 @@ pub(crate) struct EventLoop<F: Factory> {
     timers: Timers,
     mask: MaskGen,
     rbuf: ReadBuffer,
+    buf_pool: Vec<bytes::BytesMut>,
     cmds: Vec<Command>,
+    /// Readiness events of the current turn (reused, so polling allocates nothing).
+    batch: Vec<(usize, bool, bool, bool)>,
     ready: VecDeque<(usize, ConnId)>,
     flush: Vec<usize>,
     accept_paused: bool,
@@ -137,7 +140,9 @@ impl<F: Factory> EventLoop<F> {
             timers: Timers::default(),
             mask: MaskGen::new(),
             rbuf: ReadBuffer::new(),
+            buf_pool: Vec::new(),
             cmds: Vec::new(),
+            batch: Vec::with_capacity(1024),
             ready: VecDeque::new(),
             flush: Vec::new(),
             accept_paused: false,
@@ -201,6 +206,7 @@ impl<F: Factory> EventLoop<F> {
             mask: &mut self.mask,
             registry: self.poll.registry(),
             loop_rbuf: &mut self.rbuf,
+            buf_pool: &mut self.buf_pool,
             now: self.now,
         };
         let mut conn = Connection::client(id, url, request, handler, &mut ctx);
@@ -250,11 +256,12 @@ impl<F: Factory> EventLoop<F> {
             }
             self.now = Instant::now();
             // Events are copied out so handlers can run while `self` is borrowed mutably.
-            let mut batch: Vec<(usize, bool, bool, bool)> = Vec::with_capacity(self.events.iter().count());
+            let mut batch = std::mem::take(&mut self.batch);
+            batch.clear();
             for ev in self.events.iter() {
                 batch.push((ev.token().0, ev.is_readable(), ev.is_writable(), ev.is_read_closed() || ev.is_error()));
             }
-            for (token, r, w, closed) in batch {
+            for &(token, r, w, closed) in &batch {
                 if token == WAKER.0 {
                     continue; // the channel is drained below, every turn
                 } else if token >= LISTENER_BASE {
@@ -263,6 +270,7 @@ impl<F: Factory> EventLoop<F> {
                     self.drive(id, |c, ctx| c.ready(r, w, closed, ctx));
                 }
             }
+            self.batch = batch;
             self.drain_channel();
             for _ in 0..self.ready.len() {
                 let Some((_, id)) = self.ready.pop_front() else { break };
@@ -358,6 +366,7 @@ impl<F: Factory> EventLoop<F> {
             mask: &mut self.mask,
             registry: self.poll.registry(),
             loop_rbuf: &mut self.rbuf,
+            buf_pool: &mut self.buf_pool,
             now: self.now,
         };
         let r = f(conn, &mut ctx);
@@ -413,6 +422,7 @@ impl<F: Factory> EventLoop<F> {
                         mask: &mut self.mask,
                         registry: self.poll.registry(),
                         loop_rbuf: &mut self.rbuf,
+                        buf_pool: &mut self.buf_pool,
                         now: self.now,
                     };
                     let conn = Connection::accepted(id, socket, peer, handler, &mut ctx);
@@ -454,6 +464,7 @@ impl<F: Factory> EventLoop<F> {
             mask: &mut self.mask,
             registry: self.poll.registry(),
             loop_rbuf: &mut self.rbuf,
+            buf_pool: &mut self.buf_pool,
             now: self.now,
         };
         conn.finish(&mut ctx);
