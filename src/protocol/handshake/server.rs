@@ -412,7 +412,7 @@ mod tests {
     #[test]
     fn oversized_head_is_431_without_waiting_for_the_end() {
         let mut buf = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
-        buf.extend(std::iter::repeat(b'a').take(9000));
+        buf.extend(std::iter::repeat_n(b'a', 9000));
         let e = parse(&buf).unwrap_err();
         assert_eq!(e.http_status(), 431);
     }
