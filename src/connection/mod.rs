@@ -1,0 +1,624 @@
+//! One connection's state machine: handshake, open, closing, draining, dead.
+//!
+//! A `Connection` owns its socket, buffers, decoder and handler, and is driven by the event loop:
+//! [`Connection::drive`] reads, decodes and calls the handler **one callback at a time**, returning
+//! [`Drive::Yield`] whenever a callback queued commands, so the loop applies them (to this or any
+//! other connection) before the next callback. A connection is never removed while one of its
+//! callbacks runs: it reports [`Drive::Dead`] and the loop removes it afterwards.
+//!
+//! Data flows one way: socket -> read buffer -> decoder -> handler; handler -> sender -> loop ->
+//! [`Connection::apply`] -> write queue -> socket.
+//!
+//! | file | role |
+//! |---|---|
+//! | `mod.rs` | the state, reading (`drive`), writing (`flush`), timers and keep-alive |
+//! | `handshake.rs` | resolve and connect (clients), the opening handshake in both roles, `open` |
+//! | `receive.rs` | decoding frames and dispatching them to the handler at its level |
+//! | `send.rs` | applying `Sender` commands: messages, prepared frames, frame and streaming APIs |
+//! | `closing.rs` | the closing handshake, failing with the RFC's code, `on_close` exactly once |
+
+mod closing;
+mod handshake;
+mod receive;
+mod send;
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token as MioToken};
+
+use crate::error::{Error, HandshakeError, Result};
+use crate::handler::{Handler, Level};
+use crate::prepared::PreparedMessage;
+use crate::protocol::assembler::Accumulator;
+use crate::protocol::close::{truncate_reason, CloseCode, CloseFrame};
+use crate::protocol::decoder::{Decoder, DecoderConfig, Event, Role};
+use crate::protocol::frame::{header_len, FrameHeader, OpCode};
+use crate::protocol::handshake::client::{ClientRequest, ResponseParser, ServerResponse, WsUrl};
+use crate::protocol::handshake::headers::{encode_key, HeadLimits};
+use crate::protocol::handshake::server::{Rejection, RequestParser};
+use crate::protocol::mask::MaskGen;
+use crate::protocol::message::{Message, MessageKind};
+use crate::read_buffer::ReadBuffer;
+use crate::runtime::timers::{TimerKind, Timers};
+use crate::sender::{ConnId, LoopShared, Op, SlotState};
+use crate::settings::Settings;
+use crate::write_queue::WriteQueue;
+
+/// Bytes queued on a connection beyond which it is written at once instead of at the end of
+/// the turn.
+const CORK_LIMIT: usize = 256 * 1024;
+
+/// What the loop lends a connection while driving it.
+pub(crate) struct Ctx<'a> {
+    pub settings: &'a Settings,
+    pub shared: &'a Arc<LoopShared>,
+    pub timers: &'a mut Timers,
+    pub mask: &'a mut MaskGen,
+    pub registry: &'a Registry,
+    pub loop_rbuf: &'a mut ReadBuffer,
+    pub buf_pool: &'a mut Vec<BytesMut>,
+    pub now: Instant,
+}
+
+/// What [`Connection::drive`] asks of the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drive {
+    /// A callback queued commands: apply them, then drive again.
+    Yield,
+    /// Nothing more to do until the next readiness event or timer.
+    Idle,
+    /// The read budget is spent but more input may be waiting: drive again after the others.
+    More,
+    /// Remove the connection.
+    Dead,
+}
+
+/// Where the connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Client: waiting for name resolution.
+    Resolving,
+    /// Client: TCP connect in progress.
+    Connecting,
+    /// Server: reading the upgrade request.
+    ServerHandshake,
+    /// Client: request sent, reading the response.
+    ClientHandshake,
+    /// Client: the server refused the upgrade; reading its response body.
+    ClientRejected,
+    /// Messages flow.
+    Open,
+    /// We sent a close frame and wait for the peer's.
+    Closing,
+    /// The closing handshake is over (or the connection failed): flush, then wait for the TCP
+    /// close (a server half-closes first), up to the close timeout.
+    Draining,
+    /// To be removed.
+    Dead,
+}
+
+/// Client handshake state.
+#[derive(Debug)]
+struct ClientHs {
+    url: WsUrl,
+    key: String,
+    request: ClientRequest,
+    parser: ResponseParser,
+    addrs: Vec<SocketAddr>,
+    rejected: Option<(ServerResponse, usize)>,
+}
+
+/// State of a message being sent with the frame or streaming API.
+#[derive(Debug, Default)]
+struct Outgoing {
+    /// The kind of the message in progress.
+    kind: Option<MessageKind>,
+    /// Its first frame is queued (later frames are continuations).
+    first_sent: bool,
+    /// Whole messages sent while it is in progress, with their reserved bytes.
+    deferred: std::collections::VecDeque<(Message, usize)>,
+    /// Streaming: payload bytes still due for the current frame, and its mask and offset.
+    frame_left: u64,
+    frame_mask: Option<[u8; 4]>,
+    frame_offset: u64,
+}
+
+/// One WebSocket connection.
+pub(crate) struct Connection<H> {
+    pub id: ConnId,
+    pub role: Role,
+    pub socket: Option<TcpStream>,
+    pub peer: Option<SocketAddr>,
+    pub handler: H,
+    pub phase: Phase,
+    server_hs: Option<Box<RequestParser>>,
+    client_hs: Option<Box<ClientHs>>,
+    pub rbuf: ReadBuffer,
+    pub wq: WriteQueue,
+    decoder: Decoder,
+    acc: Accumulator,
+    level: Level,
+    msg_kind: Option<MessageKind>,
+    opened: bool,
+    close_reported: bool,
+    close_sent: bool,
+    close_timer: bool,
+    shutdown_after_flush: bool,
+    shut_down: bool,
+    write_interest: bool,
+    /// Readable readiness not yet consumed (edge-triggered: read until a short read).
+    want_read: bool,
+    /// The peer half-closed: read to EOF.
+    read_closed: bool,
+    budget: usize,
+    pub flush_scheduled: bool,
+    /// The write queue stood above the low-water mark after a flush: call `on_writable` when
+    /// it drains.
+    backlogged: bool,
+    last_rx: Instant,
+    ping_sent: Option<Instant>,
+    out: Outgoing,
+}
+
+impl<H> std::fmt::Debug for Connection<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("role", &self.role)
+            .field("phase", &self.phase)
+            .finish()
+    }
+}
+
+fn decoder_config(role: Role, s: &Settings) -> DecoderConfig {
+    DecoderConfig {
+        role,
+        max_frame_size: s.max_frame_size,
+        max_message_size: s.max_message_size,
+        max_fragments: s.max_fragments,
+        allowed_rsv: 0,
+    }
+}
+
+/// Run a handler callback, turning a panic into [`Error::HandlerPanic`] when configured.
+fn guard<R>(catch: bool, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    if !catch {
+        return f();
+    }
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_string());
+            Err(Error::HandlerPanic(msg))
+        }
+    }
+}
+
+impl<H: Handler> Connection<H> {
+    fn new(id: ConnId, role: Role, handler: H, settings: &Settings, now: Instant) -> Self {
+        Connection {
+            id,
+            role,
+            socket: None,
+            peer: None,
+            handler,
+            phase: Phase::Dead,
+            server_hs: None,
+            client_hs: None,
+            rbuf: ReadBuffer::new(),
+            wq: WriteQueue::new(),
+            decoder: Decoder::new(decoder_config(role, settings)),
+            acc: Accumulator::new(),
+            level: Level::Message,
+            msg_kind: None,
+            opened: false,
+            close_reported: false,
+            close_sent: false,
+            close_timer: false,
+            shutdown_after_flush: false,
+            shut_down: false,
+            write_interest: false,
+            want_read: false,
+            read_closed: false,
+            budget: 0,
+            flush_scheduled: false,
+            backlogged: false,
+            last_rx: now,
+            ping_sent: None,
+            out: Outgoing::default(),
+        }
+    }
+
+    /// A server connection for an accepted socket.
+    pub fn accepted(id: ConnId, socket: TcpStream, peer: SocketAddr, handler: H, ctx: &mut Ctx<'_>) -> Self {
+        let mut c = Self::new(id, Role::Server, handler, ctx.settings, ctx.now);
+        let limits =
+            HeadLimits { max_bytes: ctx.settings.max_handshake_bytes, max_headers: ctx.settings.max_handshake_headers };
+        c.socket = Some(socket);
+        c.peer = Some(peer);
+        c.phase = Phase::ServerHandshake;
+        c.server_hs = Some(Box::new(RequestParser::new(limits)));
+        ctx.timers.schedule(ctx.now + ctx.settings.open_timeout, id, TimerKind::OpenHandshake);
+        c
+    }
+
+    /// A client connection to `url`, waiting for its addresses.
+    pub fn client(id: ConnId, url: WsUrl, request: ClientRequest, handler: H, ctx: &mut Ctx<'_>) -> Self {
+        let mut c = Self::new(id, Role::Client, handler, ctx.settings, ctx.now);
+        let mut nonce = [0u8; 16];
+        ctx.mask.fill(&mut nonce);
+        let limits =
+            HeadLimits { max_bytes: ctx.settings.max_handshake_bytes, max_headers: ctx.settings.max_handshake_headers };
+        c.client_hs = Some(Box::new(ClientHs {
+            url,
+            key: encode_key(&nonce),
+            request,
+            parser: ResponseParser::new(limits),
+            addrs: Vec::new(),
+            rejected: None,
+        }));
+        c.phase = Phase::Resolving;
+        ctx.timers.schedule(ctx.now + ctx.settings.open_timeout, id, TimerKind::OpenHandshake);
+        c
+    }
+
+    fn token(&self) -> MioToken {
+        MioToken(self.id.slot as usize)
+    }
+
+    /// Readiness from the poller.
+    pub fn ready(&mut self, readable: bool, writable: bool, read_closed: bool, ctx: &mut Ctx<'_>) -> Drive {
+        if self.phase == Phase::Connecting && (writable || readable || read_closed) {
+            return self.connect_done(ctx);
+        }
+        if readable || read_closed {
+            self.want_read = true;
+            self.read_closed |= read_closed;
+            self.budget = ctx.settings.read_budget;
+        }
+        if writable && !self.wq.is_empty() {
+            match self.flush_now(ctx) {
+                Drive::Idle => {}
+                other => return other,
+            }
+        }
+        self.drive(ctx)
+    }
+
+    /// Continue after [`Drive::More`]: a fresh read budget for this turn.
+    pub fn resume(&mut self, ctx: &mut Ctx<'_>) -> Drive {
+        self.budget = ctx.settings.read_budget;
+        self.drive(ctx)
+    }
+
+    /// Drive the connection: decode what is buffered, read more while allowed. Returns after at
+    /// most one handler callback that queued commands.
+    pub fn drive(&mut self, ctx: &mut Ctx<'_>) -> Drive {
+        // Read into the loop's buffer (large, shared by all connections); a leftover partial
+        // frame from last time moves into it first.
+        debug_assert_eq!(ctx.loop_rbuf.filled(), 0);
+        if self.rbuf.filled() > 0 {
+            ctx.loop_rbuf.extend_from_slice(self.rbuf.data());
+        }
+        self.rbuf.clear();
+        std::mem::swap(&mut self.rbuf, ctx.loop_rbuf);
+        let r = self.drive_inner(ctx);
+        self.return_buffer(ctx);
+        r
+    }
+
+    /// Give the loop's buffer back, keeping a copy of what is left undecoded: at most a partial
+    /// frame header, control frame or handshake head (payload is handed out as it arrives), so a
+    /// few bytes, bounded by the handshake limits.
+    fn return_buffer(&mut self, ctx: &mut Ctx<'_>) {
+        std::mem::swap(&mut self.rbuf, ctx.loop_rbuf);
+        let left = ctx.loop_rbuf.filled();
+        if left > 0 {
+            self.rbuf.extend_from_slice(ctx.loop_rbuf.data());
+            ctx.loop_rbuf.consume(left);
+        }
+    }
+
+    fn drive_inner(&mut self, ctx: &mut Ctx<'_>) -> Drive {
+        loop {
+            let phase = self.phase;
+            match self.process(ctx) {
+                // The handshake completed: frames that arrived with it are already buffered
+                // and the socket may be drained, so decode them before reading again.
+                Step::Continue if self.phase != phase && self.rbuf.filled() > 0 => continue,
+                Step::Continue => {}
+                Step::Yield => return Drive::Yield,
+                Step::Dead => return Drive::Dead,
+            }
+            if self.phase == Phase::Dead {
+                return Drive::Dead;
+            }
+            if !self.want_read {
+                return Drive::Idle;
+            }
+            if self.budget == 0 {
+                return Drive::More;
+            }
+            let Some(sock) = self.socket.as_ref() else { return Drive::Idle };
+            let max = ctx.settings.read_buffer_size.min(self.budget);
+            match self.rbuf.read_from(sock, max, ctx.buf_pool) {
+                Ok((0, _)) => return self.eof(ctx),
+                Ok((n, room)) => {
+                    self.budget = self.budget.saturating_sub(n);
+                    self.last_rx = ctx.now;
+                    self.ping_sent = None;
+                    // A short read drained the socket: with edge-triggered readiness, the next
+                    // data brings a new event, so the read that would return WouldBlock is skipped.
+                    if n < room && !self.read_closed {
+                        self.want_read = false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.want_read = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.io_error(e),
+            }
+        }
+    }
+
+    fn eof(&mut self, ctx: &mut Ctx<'_>) -> Drive {
+        self.want_read = false;
+        match self.phase {
+            Phase::Open | Phase::Closing => {
+                log::debug!("{} {:?}: connection dropped without a close frame", self.id, self.peer);
+                self.report_close(ctx, CloseCode::ABNORMAL, "");
+                self.phase = Phase::Dead;
+            }
+            Phase::ClientRejected => return self.finish_rejected(),
+            Phase::ServerHandshake | Phase::ClientHandshake => {
+                log::debug!("{} {:?}: closed during the opening handshake", self.id, self.peer);
+                if self.role == Role::Client {
+                    let e = io::Error::new(io::ErrorKind::UnexpectedEof, "server closed during the handshake");
+                    return self.fail_handshake(Error::Io(e));
+                }
+                self.phase = Phase::Dead;
+            }
+            _ => self.phase = Phase::Dead,
+        }
+        Drive::Dead
+    }
+
+    fn io_error(&mut self, e: io::Error) -> Drive {
+        log::debug!("{} {:?}: I/O error: {e}", self.id, self.peer);
+        let opened = self.opened && !self.close_reported;
+        self.call_error(Error::Io(e));
+        if opened {
+            self.close_reported = true;
+            let catch = true;
+            let _ = guard(catch, || {
+                self.handler.on_close(CloseCode::ABNORMAL, "");
+                Ok(())
+            });
+        }
+        self.phase = Phase::Dead;
+        Drive::Dead
+    }
+
+    fn call_error(&mut self, e: Error) {
+        let _ = guard(true, || {
+            self.handler.on_error(e);
+            Ok(())
+        });
+    }
+
+    /// Decode and dispatch buffered input: at most one callback that queued commands.
+    fn process(&mut self, ctx: &mut Ctx<'_>) -> Step {
+        match self.phase {
+            Phase::ServerHandshake => self.server_handshake(ctx),
+            Phase::ClientHandshake => self.client_handshake(ctx),
+            Phase::ClientRejected => {
+                if self.rejected_body_complete() {
+                    self.finish_rejected();
+                    return Step::Dead;
+                }
+                Step::Continue
+            }
+            Phase::Open | Phase::Closing => self.frames(ctx),
+            Phase::Draining => {
+                let n = self.rbuf.filled();
+                self.rbuf.consume(n);
+                Step::Continue
+            }
+            Phase::Dead => Step::Dead,
+            Phase::Resolving | Phase::Connecting => Step::Continue,
+        }
+    }
+
+    fn schedule_flush(&mut self) {
+        self.flush_scheduled = true;
+    }
+
+    /// Writes are corked until the end of the turn, except when a connection has a lot queued:
+    /// then it is written at once, so many commands applied in one turn (a burst of broadcasts
+    /// from another thread, say) reach the kernel instead of piling up against the queue limit.
+    fn flush_if_large(&mut self, ctx: &mut Ctx<'_>) {
+        if self.wq.len() >= CORK_LIMIT {
+            // An error here shows up again, and is handled, at the scheduled flush.
+            let _ = self.flush(ctx);
+            self.flush_scheduled = true;
+        }
+    }
+
+    /// Write what is queued; manage write interest and the server's half-close.
+    pub fn flush(&mut self, ctx: &mut Ctx<'_>) -> io::Result<()> {
+        self.flush_scheduled = false;
+        let Some(sock) = self.socket.as_mut() else { return Ok(()) };
+        if self.phase == Phase::Connecting {
+            return Ok(());
+        }
+        let n = self.wq.write_to(sock)?;
+        ctx.shared.slots.release(self.id.slot as usize, n);
+        let token = MioToken(self.id.slot as usize);
+        if self.wq.is_empty() {
+            if self.write_interest {
+                ctx.registry.reregister(sock, token, Interest::READABLE)?;
+                self.write_interest = false;
+            }
+            if self.shutdown_after_flush && !self.shut_down {
+                self.shut_down = true;
+                let _ = sock.shutdown(Shutdown::Write);
+            }
+        } else if !self.write_interest {
+            ctx.registry.reregister(sock, token, Interest::READABLE | Interest::WRITABLE)?;
+            self.write_interest = true;
+        }
+        Ok(())
+    }
+
+    /// Flush and report what to do with the connection; tells the handler when a backlog
+    /// drained below the low-water mark.
+    pub fn flush_now(&mut self, ctx: &mut Ctx<'_>) -> Drive {
+        if let Err(e) = self.flush(ctx) {
+            return self.io_error(e);
+        }
+        let low = ctx.settings.send_queue_low_water;
+        if self.wq.len() > low {
+            self.backlogged = true;
+        } else if self.backlogged && matches!(self.phase, Phase::Open) {
+            self.backlogged = false;
+            let r = guard(ctx.settings.catch_panics, || self.handler.on_writable());
+            return match self.after_callback(ctx, r) {
+                Step::Yield => Drive::Yield,
+                _ if self.phase == Phase::Dead => Drive::Dead,
+                _ => Drive::Idle,
+            };
+        }
+        Drive::Idle
+    }
+
+    /// A timer of this connection fired.
+    pub fn timer(&mut self, kind: TimerKind, ctx: &mut Ctx<'_>) -> Drive {
+        match kind {
+            TimerKind::OpenHandshake => {
+                if matches!(
+                    self.phase,
+                    Phase::Resolving
+                        | Phase::Connecting
+                        | Phase::ServerHandshake
+                        | Phase::ClientHandshake
+                        | Phase::ClientRejected
+                ) {
+                    log::debug!("{} {:?}: opening handshake timed out", self.id, self.peer);
+                    return self.fail_handshake(Error::Handshake(HandshakeError::Timeout));
+                }
+                Drive::Idle
+            }
+            TimerKind::CloseHandshake => {
+                if matches!(self.phase, Phase::Closing | Phase::Draining) {
+                    log::debug!("{} {:?}: closing handshake timed out", self.id, self.peer);
+                    if !self.close_reported {
+                        self.call_error(Error::Timeout("closing handshake"));
+                        self.report_close(ctx, CloseCode::ABNORMAL, "");
+                    }
+                    self.phase = Phase::Dead;
+                    return Drive::Dead;
+                }
+                Drive::Idle
+            }
+            TimerKind::KeepAlive => self.keepalive(ctx),
+            TimerKind::User(token, _) => {
+                if !matches!(self.phase, Phase::Open | Phase::Closing) {
+                    return Drive::Idle;
+                }
+                let r = guard(ctx.settings.catch_panics, || self.handler.on_timeout(token));
+                match self.after_callback(ctx, r) {
+                    Step::Yield => Drive::Yield,
+                    _ if self.phase == Phase::Dead => Drive::Dead,
+                    _ => Drive::Idle,
+                }
+            }
+        }
+    }
+
+    fn keepalive(&mut self, ctx: &mut Ctx<'_>) -> Drive {
+        if self.phase != Phase::Open {
+            return Drive::Idle;
+        }
+        let s = ctx.settings;
+        let now = ctx.now;
+        let idle = now.saturating_duration_since(self.last_rx);
+        if let Some(limit) = s.idle_timeout {
+            if idle >= limit {
+                log::debug!("{} {:?}: idle for {idle:?}, closing", self.id, self.peer);
+                self.close(ctx, CloseCode::GOING_AWAY, "idle timeout");
+                return Drive::Idle;
+            }
+        }
+        let mut next = s.idle_timeout.map(|d| self.last_rx + d);
+        if let Some(interval) = s.keepalive_interval {
+            match self.ping_sent {
+                Some(sent) if now.saturating_duration_since(sent) >= s.keepalive_timeout => {
+                    log::info!("{} {:?}: no answer to keep-alive ping, dropping", self.id, self.peer);
+                    self.call_error(Error::Timeout("keep-alive"));
+                    self.report_close(ctx, CloseCode::ABNORMAL, "");
+                    self.phase = Phase::Dead;
+                    return Drive::Dead;
+                }
+                Some(sent) => {
+                    next = Some(next.map_or(sent + s.keepalive_timeout, |n| n.min(sent + s.keepalive_timeout)))
+                }
+                None if idle >= interval => {
+                    self.queue_control(ctx, OpCode::Ping, &Bytes::new());
+                    self.ping_sent = Some(now);
+                    let at = now + s.keepalive_timeout;
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+                None => {
+                    let at = self.last_rx + interval;
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
+        }
+        if let Some(at) = next {
+            ctx.timers.schedule(at.max(now + std::time::Duration::from_millis(1)), self.id, TimerKind::KeepAlive);
+        }
+        Drive::Idle
+    }
+
+    /// Final bookkeeping before removal: `on_close(1006)` if an open connection never reported
+    /// its close (the loop is shutting down, say).
+    pub fn finish(&mut self, ctx: &mut Ctx<'_>) {
+        if self.opened && !self.close_reported {
+            self.report_close(ctx, CloseCode::ABNORMAL, "");
+        }
+        let dropped = self.wq.clear();
+        ctx.shared.slots.release(self.id.slot as usize, dropped);
+        if let Some(mut s) = self.socket.take() {
+            let _ = ctx.registry.deregister(&mut s);
+        }
+    }
+
+    /// Bytes held in buffers (for memory accounting in tests).
+    #[allow(dead_code)]
+    pub fn buffered_capacity(&self) -> usize {
+        self.rbuf.capacity() + self.wq.capacity()
+    }
+
+    /// The frame header length for a payload on this connection (masking adds 4 bytes).
+    #[allow(dead_code)]
+    pub fn header_len(&self, payload: u64) -> usize {
+        header_len(payload, self.role == Role::Client)
+    }
+}
+
+/// Result of one processing step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Continue,
+    Yield,
+    Dead,
+}
