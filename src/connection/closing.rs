@@ -23,7 +23,7 @@ impl<H: Handler> Connection<H> {
                 self.call_error(e);
                 self.acc.clear();
                 self.report_close(ctx, code, truncate_reason(&reason));
-                self.enter_draining(ctx);
+                self.enter_draining(ctx, false);
             }
             Phase::Draining | Phase::Dead => {}
             _ => {
@@ -45,14 +45,25 @@ impl<H: Handler> Connection<H> {
     }
 
     /// The closing handshake is over: flush, half-close (server), wait for the TCP close.
-    pub(super) fn enter_draining(&mut self, ctx: &mut Ctx<'_>) {
+    ///
+    /// After a clean closing handshake (both close frames exchanged) the peer sends nothing more,
+    /// so a server closes its socket as soon as its close frame is written: FIN first, as RFC 6455
+    /// §7.1.1 asks, with no half-close and no wait for the peer's FIN. After a failure or an HTTP
+    /// rejection the peer may still be sending, and closing with unread data would make the kernel
+    /// send a reset that can destroy our last frame: the server half-closes and reads until the
+    /// peer's FIN (or the close timeout) instead.
+    pub(super) fn enter_draining(&mut self, ctx: &mut Ctx<'_>, clean: bool) {
         if self.phase == Phase::Dead {
             return;
         }
         self.phase = Phase::Draining;
         ctx.shared.slots.set(self.id, SlotState::Closing);
         if self.role == Role::Server {
-            self.shutdown_after_flush = true;
+            if clean {
+                self.close_after_flush = true;
+            } else {
+                self.shutdown_after_flush = true;
+            }
         }
         self.schedule_flush();
         self.arm_close_timer(ctx);

@@ -125,7 +125,7 @@ impl<H: Handler> Connection<H> {
         self.wq.push_slice(&out);
         ctx.shared.slots.add(self.id.slot as usize, out.len());
         self.server_hs = None;
-        self.enter_draining(ctx);
+        self.enter_draining(ctx, false);
         Step::Continue
     }
 

@@ -150,6 +150,8 @@ pub(crate) struct Connection<H> {
     close_sent: bool,
     close_timer: bool,
     shutdown_after_flush: bool,
+    /// Close the socket once the write queue is empty (a server after a clean closing handshake).
+    close_after_flush: bool,
     shut_down: bool,
     write_interest: bool,
     /// Readable readiness not yet consumed (edge-triggered: read until a short read).
@@ -226,6 +228,7 @@ impl<H: Handler> Connection<H> {
             close_sent: false,
             close_timer: false,
             shutdown_after_flush: false,
+            close_after_flush: false,
             shut_down: false,
             write_interest: false,
             want_read: false,
@@ -468,7 +471,9 @@ impl<H: Handler> Connection<H> {
                 ctx.registry.reregister(sock, token, Interest::READABLE)?;
                 self.write_interest = false;
             }
-            if self.shutdown_after_flush && !self.shut_down {
+            if self.close_after_flush {
+                self.phase = Phase::Dead;
+            } else if self.shutdown_after_flush && !self.shut_down {
                 self.shut_down = true;
                 let _ = sock.shutdown(Shutdown::Write);
             }
@@ -484,6 +489,9 @@ impl<H: Handler> Connection<H> {
     pub fn flush_now(&mut self, ctx: &mut Ctx<'_>) -> Drive {
         if let Err(e) = self.flush(ctx) {
             return self.io_error(e);
+        }
+        if self.phase == Phase::Dead {
+            return Drive::Dead;
         }
         let low = ctx.settings.send_queue_low_water;
         if self.wq.len() > low {
@@ -597,9 +605,8 @@ impl<H: Handler> Connection<H> {
         }
         let dropped = self.wq.clear();
         ctx.shared.slots.release(self.id.slot as usize, dropped);
-        if let Some(mut s) = self.socket.take() {
-            let _ = ctx.registry.deregister(&mut s);
-        }
+        // Closing the socket removes it from epoll: no deregistering syscall needed.
+        self.socket = None;
     }
 
     /// Bytes held in buffers (for memory accounting in tests).

@@ -139,6 +139,6 @@ impl<H: Handler> Connection<H> {
         }
         self.acc.clear();
         self.report_close(ctx, code, &reason);
-        self.enter_draining(ctx);
+        self.enter_draining(ctx, true);
     }
 }
