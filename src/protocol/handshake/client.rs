@@ -212,8 +212,17 @@ impl ResponseParser {
         let Some(head_len) = self.scanner.scan(buf, &self.limits)? else {
             return Ok(None);
         };
-        let mut storage = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
-        let mut resp = httparse::Response::new(&mut storage);
+        // The caller supplies httparse's header array, so the count is bounded by construction;
+        // up to 64 fields it lives on the stack.
+        let mut stack = [httparse::EMPTY_HEADER; 64];
+        let mut heap = Vec::new();
+        let storage: &mut [httparse::Header<'_>] = if self.limits.max_headers <= stack.len() {
+            &mut stack[..self.limits.max_headers]
+        } else {
+            heap.resize(self.limits.max_headers, httparse::EMPTY_HEADER);
+            &mut heap
+        };
+        let mut resp = httparse::Response::new(storage);
         match resp.parse(&buf[..head_len]) {
             Ok(httparse::Status::Complete(_)) => {}
             Ok(httparse::Status::Partial) => return Err(HandshakeError::MalformedHttp("truncated response head")),

@@ -159,13 +159,35 @@ impl HeadScanner {
 }
 
 /// Header fields as received: names as sent, values as raw bytes.
+///
+/// All names and values live in one buffer, with one range per field, so copying a request's
+/// headers out of the read buffer costs two allocations however many fields there are.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(Vec<(String, Vec<u8>)>);
+pub struct Headers {
+    bytes: Vec<u8>,
+    /// Per field: name start, name end, value end (the value starts at name end).
+    fields: Vec<(u32, u32, u32)>,
+}
 
 impl Headers {
     /// Copy the fields httparse found.
     pub(crate) fn from_httparse(h: &[httparse::Header<'_>]) -> Self {
-        Headers(h.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect())
+        let total = h.iter().map(|h| h.name.len() + h.value.len()).sum();
+        let mut out = Headers { bytes: Vec::with_capacity(total), fields: Vec::with_capacity(h.len()) };
+        for f in h {
+            let start = out.bytes.len() as u32;
+            out.bytes.extend_from_slice(f.name.as_bytes());
+            let name_end = out.bytes.len() as u32;
+            out.bytes.extend_from_slice(f.value);
+            out.fields.push((start, name_end, out.bytes.len() as u32));
+        }
+        out
+    }
+
+    fn field(&self, f: &(u32, u32, u32)) -> (&str, &[u8]) {
+        let (s, n, v) = (f.0 as usize, f.1 as usize, f.2 as usize);
+        // Names are HTTP tokens (httparse checked), hence ASCII.
+        (std::str::from_utf8(&self.bytes[s..n]).unwrap_or(""), &self.bytes[n..v])
     }
 
     /// The first value of header `name` (case-insensitive), if it is valid UTF-8.
@@ -175,35 +197,32 @@ impl Headers {
 
     /// The first value of header `name` (case-insensitive), as bytes.
     pub fn get_bytes(&self, name: &str) -> Option<&[u8]> {
-        self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+        self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
     /// Every UTF-8 value of header `name`, in order (for headers that may repeat).
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).filter_map(|(_, v)| std::str::from_utf8(v).ok())
     }
 
     /// How many times header `name` appears.
     pub fn count(&self, name: &str) -> usize {
-        self.0.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+        self.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
     }
 
     /// Every field, as (name, value bytes), in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+        self.fields.iter().map(|f| self.field(f))
     }
 
     /// Number of fields.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.fields.len()
     }
 
     /// Whether there are no fields.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.fields.is_empty()
     }
 }
 
@@ -293,6 +312,12 @@ mod tests {
         assert_eq!(h.get_all("X-A").collect::<Vec<_>>(), vec!["1", "2"]);
         assert_eq!(h.count("x-a"), 2);
         assert_eq!(h.get("missing"), None);
+        assert_eq!(h.len(), 2);
+        assert_eq!(
+            h.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect::<Vec<_>>(),
+            vec![("X-A".to_string(), b"1".to_vec()), ("x-a".to_string(), b"2".to_vec())]
+        );
+        assert_eq!(h.get_bytes("X-a"), Some(&b"1"[..]));
     }
 
     #[test]

@@ -113,8 +113,17 @@ impl RequestParser {
         let Some(head_len) = self.scanner.scan(buf, &self.limits)? else {
             return Ok(None);
         };
-        let mut storage = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
-        let mut req = httparse::Request::new(&mut storage);
+        // The caller supplies httparse's header array, so the count is bounded by construction;
+        // up to 64 fields it lives on the stack.
+        let mut stack = [httparse::EMPTY_HEADER; 64];
+        let mut heap = Vec::new();
+        let storage: &mut [httparse::Header<'_>] = if self.limits.max_headers <= stack.len() {
+            &mut stack[..self.limits.max_headers]
+        } else {
+            heap.resize(self.limits.max_headers, httparse::EMPTY_HEADER);
+            &mut heap
+        };
+        let mut req = httparse::Request::new(storage);
         match req.parse(&buf[..head_len]) {
             Ok(httparse::Status::Complete(_)) => {}
             Ok(httparse::Status::Partial) => return Err(HandshakeError::MalformedHttp("truncated request head")),
@@ -407,6 +416,19 @@ mod tests {
         let e = parse(&buf).unwrap_err();
         assert_eq!(e, HandshakeError::TooManyHeaders { max: 64 });
         assert_eq!(e.http_status(), 431);
+    }
+
+    #[test]
+    fn header_limit_above_64_uses_a_heap_array() {
+        let mut buf = String::from_utf8(RFC_REQUEST.to_vec()).unwrap();
+        let extra: String = (0..80).map(|i| format!("X-{i}: v\r\n")).collect();
+        buf = buf.replacen("Host:", &format!("{extra}Host:"), 1);
+        let mut p = RequestParser::new(HeadLimits { max_bytes: 64 * 1024, max_headers: 100 });
+        let (req, _) = p.parse(buf.as_bytes()).unwrap().unwrap();
+        assert_eq!(req.headers().len(), 89);
+        assert_eq!(req.header("x-79"), Some("v"));
+        let mut p = RequestParser::new(HeadLimits { max_bytes: 64 * 1024, max_headers: 88 });
+        assert_eq!(p.parse(buf.as_bytes()).unwrap_err(), HandshakeError::TooManyHeaders { max: 88 });
     }
 
     #[test]
