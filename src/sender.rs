@@ -526,7 +526,9 @@ impl Sender {
                 });
             }
         }
-        if !self.shared.woken.swap(true, Ordering::AcqRel) {
+        // One wake-up per batch: a plain load first, so a burst of sends does not bounce the
+        // flag's cache line with read-modify-writes while a wake-up is already pending.
+        if !self.shared.woken.load(Ordering::Acquire) && !self.shared.woken.swap(true, Ordering::AcqRel) {
             self.shared.waker.wake().map_err(|_| Error::LoopGone)?;
         }
         Ok(())
