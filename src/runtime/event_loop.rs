@@ -33,6 +33,23 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 static NEXT_LOOP_ID: AtomicUsize = AtomicUsize::new(1);
 
+/// The context lent to a connection: every loop field but the connection table, borrowed
+/// field by field so the table itself stays free to index.
+macro_rules! ctx {
+    ($lp:ident) => {
+        Ctx {
+            settings: &$lp.settings,
+            shared: &$lp.shared,
+            timers: &mut $lp.timers,
+            mask: &mut $lp.mask,
+            registry: $lp.poll.registry(),
+            loop_rbuf: &mut $lp.rbuf,
+            buf_pool: &mut $lp.buf_pool,
+            now: $lp.now,
+        }
+    };
+}
+
 /// Counters of one loop, for monitoring and for leak tests ([`Sender::loop_stats`] reads them
 /// while the loop runs; gauges are updated once per loop turn).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -199,16 +216,7 @@ impl<F: Factory> EventLoop<F> {
         let handler = self.factory.client_connected(out.clone());
         let literal = url.host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, url.port));
         let (host, port) = (url.host.clone(), url.port);
-        let mut ctx = Ctx {
-            settings: &self.settings,
-            shared: &self.shared,
-            timers: &mut self.timers,
-            mask: &mut self.mask,
-            registry: self.poll.registry(),
-            loop_rbuf: &mut self.rbuf,
-            buf_pool: &mut self.buf_pool,
-            now: self.now,
-        };
+        let mut ctx = ctx!(self);
         let mut conn = Connection::client(id, url, request, handler, &mut ctx);
         match literal {
             Some(addr) => {
@@ -359,16 +367,7 @@ impl<F: Factory> EventLoop<F> {
         f: impl FnOnce(&mut Connection<F::Handler>, &mut Ctx<'_>) -> R,
     ) -> Option<R> {
         let conn = self.conns.get_mut(id.slot as usize).filter(|c| c.id == id)?;
-        let mut ctx = Ctx {
-            settings: &self.settings,
-            shared: &self.shared,
-            timers: &mut self.timers,
-            mask: &mut self.mask,
-            registry: self.poll.registry(),
-            loop_rbuf: &mut self.rbuf,
-            buf_pool: &mut self.buf_pool,
-            now: self.now,
-        };
+        let mut ctx = ctx!(self);
         let r = f(conn, &mut ctx);
         if conn.flush_scheduled {
             self.flush.push(id.slot as usize);
@@ -415,16 +414,7 @@ impl<F: Factory> EventLoop<F> {
                     }
                     self.shared.slots.set(id, SlotState::Connecting);
                     let handler = self.factory.connection_made(Sender::new(Some(id), false, self.shared.clone()));
-                    let mut ctx = Ctx {
-                        settings: &self.settings,
-                        shared: &self.shared,
-                        timers: &mut self.timers,
-                        mask: &mut self.mask,
-                        registry: self.poll.registry(),
-                        loop_rbuf: &mut self.rbuf,
-                        buf_pool: &mut self.buf_pool,
-                        now: self.now,
-                    };
+                    let mut ctx = ctx!(self);
                     let conn = Connection::accepted(id, socket, peer, handler, &mut ctx);
                     self.conns.insert(conn);
                     self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -457,16 +447,7 @@ impl<F: Factory> EventLoop<F> {
 
     fn remove(&mut self, slot: usize) {
         let Some(mut conn) = self.conns.try_remove(slot) else { return };
-        let mut ctx = Ctx {
-            settings: &self.settings,
-            shared: &self.shared,
-            timers: &mut self.timers,
-            mask: &mut self.mask,
-            registry: self.poll.registry(),
-            loop_rbuf: &mut self.rbuf,
-            buf_pool: &mut self.buf_pool,
-            now: self.now,
-        };
+        let mut ctx = ctx!(self);
         conn.finish(&mut ctx);
         self.shared.slots.set(conn.id, SlotState::Free);
         self.shared.stats.closed.fetch_add(1, Ordering::Relaxed);

@@ -3,8 +3,8 @@
 
 use crate::error::HandshakeError;
 use crate::protocol::handshake::headers::{
-    accept_key, contains_token, list_elements, parse_extensions, write_extra_headers, ExtensionOffer, HeadLimits,
-    HeadScanner, Headers,
+    accept_key, contains_token, head_status, list_elements, parse_extensions, with_header_array, write_extra_headers,
+    ExtensionOffer, HeadLimits, HeadScanner, Headers,
 };
 
 /// A parsed `ws://` URL.
@@ -212,30 +212,16 @@ impl ResponseParser {
         let Some(head_len) = self.scanner.scan(buf, &self.limits)? else {
             return Ok(None);
         };
-        // The caller supplies httparse's header array, so the count is bounded by construction;
-        // up to 64 fields it lives on the stack.
-        let mut stack = [httparse::EMPTY_HEADER; 64];
-        let mut heap = Vec::new();
-        let storage: &mut [httparse::Header<'_>] = if self.limits.max_headers <= stack.len() {
-            &mut stack[..self.limits.max_headers]
-        } else {
-            heap.resize(self.limits.max_headers, httparse::EMPTY_HEADER);
-            &mut heap
-        };
-        let mut resp = httparse::Response::new(storage);
-        match resp.parse(&buf[..head_len]) {
-            Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => return Err(HandshakeError::MalformedHttp("truncated response head")),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(HandshakeError::TooManyHeaders { max: self.limits.max_headers })
-            }
-            Err(_) => return Err(HandshakeError::MalformedHttp("invalid response head")),
-        }
-        let headers = Headers::from_httparse(resp.headers);
-        let protocol = headers.get_all("sec-websocket-protocol").flat_map(list_elements).next().map(str::to_string);
-        let extensions = headers.get_all("sec-websocket-extensions").flat_map(parse_extensions).collect();
-        let status = resp.code.unwrap_or(0);
-        Ok(Some((ServerResponse { status, headers, protocol, extensions }, head_len)))
+        let max = self.limits.max_headers;
+        let response = with_header_array(max, |storage| {
+            let mut resp = httparse::Response::new(storage);
+            head_status(resp.parse(&buf[..head_len]), max, "response")?;
+            let headers = Headers::from_httparse(resp.headers);
+            let protocol = headers.get_all("sec-websocket-protocol").flat_map(list_elements).next().map(str::to_string);
+            let extensions = headers.get_all("sec-websocket-extensions").flat_map(parse_extensions).collect();
+            Ok::<_, HandshakeError>(ServerResponse { status: resp.code.unwrap_or(0), headers, protocol, extensions })
+        })?;
+        Ok(Some((response, head_len)))
     }
 }
 

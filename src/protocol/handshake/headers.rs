@@ -158,6 +158,41 @@ impl HeadScanner {
     }
 }
 
+/// Run `f` with httparse's header array for at most `max` fields: on the stack up to 64 (the
+/// default limit), on the heap above. The caller supplying the array is what bounds the number of
+/// headers by construction.
+pub(crate) fn with_header_array<'b, R>(max: usize, f: impl FnOnce(&mut [httparse::Header<'b>]) -> R) -> R {
+    let mut stack: [httparse::Header<'b>; 64] = [httparse::EMPTY_HEADER; 64];
+    if max <= stack.len() {
+        f(&mut stack[..max])
+    } else {
+        f(&mut vec![httparse::EMPTY_HEADER; max])
+    }
+}
+
+/// Map httparse's verdict on a complete head (`what`: "request" or "response") to ours.
+pub(crate) fn head_status(
+    r: Result<httparse::Status<usize>, httparse::Error>,
+    max_headers: usize,
+    what: &'static str,
+) -> Result<(), crate::error::HandshakeError> {
+    use crate::error::HandshakeError;
+    match r {
+        Ok(httparse::Status::Complete(_)) => Ok(()),
+        Ok(httparse::Status::Partial) => Err(HandshakeError::MalformedHttp(if what == "request" {
+            "truncated request head"
+        } else {
+            "truncated response head"
+        })),
+        Err(httparse::Error::TooManyHeaders) => Err(HandshakeError::TooManyHeaders { max: max_headers }),
+        Err(_) => Err(HandshakeError::MalformedHttp(if what == "request" {
+            "invalid request head"
+        } else {
+            "invalid response head"
+        })),
+    }
+}
+
 /// Header fields as received: names as sent, values as raw bytes.
 ///
 /// All names and values live in one buffer, with one range per field, so copying a request's

@@ -3,8 +3,8 @@
 
 use crate::error::HandshakeError;
 use crate::protocol::handshake::headers::{
-    accept_key, contains_token, is_valid_header_value, is_valid_key, list_elements, parse_extensions,
-    write_extra_headers, ExtensionOffer, HeadLimits, HeadScanner, Headers,
+    accept_key, contains_token, head_status, is_valid_header_value, is_valid_key, list_elements, parse_extensions,
+    with_header_array, write_extra_headers, ExtensionOffer, HeadLimits, HeadScanner, Headers,
 };
 
 /// A validated WebSocket upgrade request, as a server's handler sees it.
@@ -113,26 +113,12 @@ impl RequestParser {
         let Some(head_len) = self.scanner.scan(buf, &self.limits)? else {
             return Ok(None);
         };
-        // The caller supplies httparse's header array, so the count is bounded by construction;
-        // up to 64 fields it lives on the stack.
-        let mut stack = [httparse::EMPTY_HEADER; 64];
-        let mut heap = Vec::new();
-        let storage: &mut [httparse::Header<'_>] = if self.limits.max_headers <= stack.len() {
-            &mut stack[..self.limits.max_headers]
-        } else {
-            heap.resize(self.limits.max_headers, httparse::EMPTY_HEADER);
-            &mut heap
-        };
-        let mut req = httparse::Request::new(storage);
-        match req.parse(&buf[..head_len]) {
-            Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => return Err(HandshakeError::MalformedHttp("truncated request head")),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(HandshakeError::TooManyHeaders { max: self.limits.max_headers })
-            }
-            Err(_) => return Err(HandshakeError::MalformedHttp("invalid request head")),
-        }
-        let request = validate(&req)?;
+        let max = self.limits.max_headers;
+        let request = with_header_array(max, |storage| {
+            let mut req = httparse::Request::new(storage);
+            head_status(req.parse(&buf[..head_len]), max, "request")?;
+            validate(&req)
+        })?;
         Ok(Some((request, head_len)))
     }
 }
