@@ -24,7 +24,8 @@
 //!   server loop thread used (utime + stime from `/proc/self/task/*/stat`) as a fraction of one
 //!   core.
 //! - `--server-only`: just the server; waits for `--clients` connections, runs the workload,
-//!   prints the server loop's CPU, then shuts down (the clients get 1001). `--clients-only URL`:
+//!   prints the server loop's CPU (paced mode), then shuts down (the clients get 1001). Without
+//!   `--hz` it queues the K broadcasts at once, as it cannot see deliveries. `--clients-only URL`:
 //!   just the clients; prints how many messages they received when the server closes them.
 //!
 //! Exit status 0 when every message reached every client (in-process mode), 1 otherwise.
