@@ -327,3 +327,32 @@ fn prepared_message_reaches_a_thousand_connections_intact() {
     assert_eq!(intact.load(Ordering::Relaxed), N);
     server.stop();
 }
+
+#[test]
+fn on_writable_follows_a_burst_the_kernel_takes_at_once() {
+    // A client queues 1 MiB in one callback (above the 64 KiB low-water mark). Even when the
+    // kernel accepts it all in the same loop turn, on_writable must follow, or a sender paced by
+    // it would stall.
+    let server = spawn_server(|_out: Sender| move |_msg: Message| Ok(()), Settings::default());
+    let (tx, rx) = mpsc::channel();
+    struct Burst {
+        out: Sender,
+        tx: mpsc::Sender<usize>,
+    }
+    impl Handler for Burst {
+        fn on_open(&mut self) -> wsloop::Result<()> {
+            self.out.send(vec![0u8; 1 << 20])
+        }
+        fn on_writable(&mut self) -> wsloop::Result<()> {
+            self.tx.send(self.out.buffered_amount()).unwrap();
+            self.out.close(CloseCode::NORMAL, "")
+        }
+    }
+    let mut client = WebSocket::new(move |out: Sender| Burst { out, tx: tx.clone() }).unwrap();
+    client.connect(&server.url()).unwrap();
+    let h = client.spawn().unwrap();
+    let buffered = rx.recv_timeout(T).expect("on_writable was never called");
+    assert!(buffered <= Settings::default().send_queue_low_water, "called with {buffered} bytes still queued");
+    join_within(h, T);
+    server.stop();
+}

@@ -101,8 +101,17 @@ impl<H: Handler> Connection<H> {
         } else {
             ctx.shared.slots.release(slot, reserved - queued);
         }
+        self.mark_backlog(ctx);
         self.schedule_flush();
         self.flush_if_large(ctx);
+    }
+
+    /// Remember that sends took the queue above the low-water mark, so `on_writable` is called
+    /// when it drains back, even if the kernel takes it all within this turn.
+    fn mark_backlog(&mut self, ctx: &mut Ctx<'_>) {
+        if self.wq.len() > ctx.settings.send_queue_low_water {
+            self.backlogged = true;
+        }
     }
 
     /// Queue a whole message (split into frames with `auto_fragment_size`). Returns bytes queued.
@@ -168,6 +177,7 @@ impl<H: Handler> Connection<H> {
         }
         let n = self.queue_prepared(ctx, p);
         ctx.shared.slots.add(self.id.slot as usize, n);
+        self.mark_backlog(ctx);
         self.schedule_flush();
         self.flush_if_large(ctx);
         n
