@@ -108,8 +108,7 @@ fn one_gib_streams_through_in_bounded_memory() {
         move |out: Sender| Sink { out, tx: tx.clone(), received: 0, frames: 0, chunks: 0, ok: true },
         Settings::default(),
     );
-    let mut client =
-        WebSocket::new(|out: Sender| Source { out, sent: 0, frame_left: 0 }).unwrap();
+    let mut client = WebSocket::new(|out: Sender| Source { out, sent: 0, frame_left: 0 }).unwrap();
     client.connect(&server.url()).unwrap();
     let start = Instant::now();
     let h = client.spawn().unwrap();
