@@ -21,11 +21,7 @@
 //! 64 KiB per read. It keeps at most about 1 MiB queued: it stops when `buffered_amount()` reaches
 //! that, and goes on in `on_writable` (called when the queue has drained to
 //! `Settings::send_queue_low_water`). `end_message` finishes the message (with an empty final
-//! frame). While it waits it also re-checks on a 1 ms timer: wsloop calls `on_writable` only
-//! when the queue is still above the low-water mark after the loop's flush, and when the kernel
-//! takes the whole burst at once (loopback, large socket buffers) no `on_writable` follows, so an
-//! uploader relying on it alone stalls (a wsloop defect, reported; `tests/stream_memory.rs` uses
-//! the same fallback). It hashes what it reads, and checks the server's answer against its own SHA-1 and
+//! frame). It hashes what it reads, and checks the server's answer against its own SHA-1 and
 //! length: exit status 0 when they match, 1 when not.
 //!
 //! **Demo**: a server on 127.0.0.1:0 writing into a temporary directory, a generated temporary
@@ -39,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
-use wsloop::{Bytes, CloseCode, Error, Handler, Level, Message, MessageKind, Sender, Settings, Token, WebSocket};
+use wsloop::{Bytes, CloseCode, Error, Handler, Level, Message, MessageKind, Sender, Settings, WebSocket};
 
 /// Payload bytes per frame the client sends.
 const FRAME: u64 = 1 << 20;
@@ -157,8 +153,6 @@ struct Uploader {
     sha1: Option<Sha1>,
     size: u64,
     ended: bool,
-    /// A fallback re-check is scheduled (see the top of the file).
-    timer_pending: bool,
     outcome: Arc<Mutex<Outcome>>,
     buf: Vec<u8>,
 }
@@ -185,10 +179,6 @@ impl Uploader {
             self.frame_left -= n as u64;
             self.remaining -= n as u64;
         }
-        if !self.ended && !self.timer_pending {
-            self.timer_pending = true;
-            self.out.timeout(Duration::from_millis(1), Token(0))?;
-        }
         Ok(())
     }
 }
@@ -206,11 +196,6 @@ impl Handler for Uploader {
     fn on_message(&mut self, msg: Message) -> wsloop::Result<()> {
         self.outcome.lock().unwrap().answer = Some(msg.as_text().unwrap_or("(binary answer)").to_string());
         self.out.close(CloseCode::NORMAL, "done")
-    }
-
-    fn on_timeout(&mut self, _token: Token) -> wsloop::Result<()> {
-        self.timer_pending = false;
-        self.pump()
     }
 
     fn on_close(&mut self, code: CloseCode, reason: &str) {
@@ -246,7 +231,6 @@ fn upload(url: &str, path: &Path) -> Result<(String, u64, String), String> {
                 sha1: Some(Sha1::new()),
                 size,
                 ended: false,
-                timer_pending: false,
                 outcome,
                 buf: vec![0; CHUNK],
             }

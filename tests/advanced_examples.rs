@@ -3,8 +3,7 @@
 //! server and client as separate processes), and `frame_echo` preserves the peer's fragmentation
 //! exactly.
 //!
-//! `cargo test` builds the examples; the binaries are found next to the test binary's folder, as
-//! in `tests/examples.rs`. Every child is killed when its test ends, and every wait is bounded.
+//! The example binaries are built on demand with the test's profile (`support::example_binary`). Every child is killed when its test ends, and every wait is bounded.
 
 mod support;
 
@@ -18,12 +17,9 @@ use std::time::{Duration, Instant};
 use sha1::{Digest, Sha1};
 use support::Raw;
 
-/// The built example `name`.
+/// The built example `name` (built on demand, see `support::example_binary`).
 fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join("examples").join(name);
-    assert!(path.exists(), "example {name} not built at {}; run `cargo test` (it builds examples)", path.display());
-    path
+    support::example_binary(name)
 }
 
 /// Kills the child when the test ends, however it ends.

@@ -5,13 +5,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `cargo test` builds the examples next to the test binaries' `deps` folder.
+mod support;
+
+/// The example binary, built on demand with this test's profile.
 fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    let path = dir.join(name);
-    assert!(path.exists(), "example {name} not built at {}; run `cargo test` (it builds examples)", path.display());
-    path
+    support::example_binary(name)
 }
 
 /// Kills the child when the test ends, however it ends.

@@ -369,3 +369,30 @@ pub fn bytes_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i & 3]));
     out
 }
+
+/// The example binary `name`, built (or found up to date) with the same profile as this test.
+///
+/// Plain `cargo test` builds the examples before running tests, but `cargo test --test X` or
+/// `--all-targets` (which builds examples in test mode, under other names) does not: building on
+/// demand makes the example tests correct however they are invoked, and never stale.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static BUILT: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let path = profile_dir.join("examples").join(name);
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
+    if !built.contains(name) {
+        let mut cmd = std::process::Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "--example", name]).current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for an example");
+        assert!(status.success(), "cargo build --example {name} failed");
+        built.insert(name.to_string());
+    }
+    assert!(path.exists(), "example {name} not found at {}", path.display());
+    path
+}
