@@ -421,3 +421,31 @@ fn thousand_connections_echo_a_hundred_messages_each() {
     assert_eq!(done.load(Ordering::Relaxed), CONNS);
     server.stop();
 }
+
+#[test]
+fn ipv6_listener_and_client() {
+    let (tx, rx) = mpsc::channel();
+    let mut ws = WebSocket::new(move |out: Sender| support::Recorder {
+        out,
+        tx: tx.clone(),
+        echo: true,
+        protocol: None,
+        reject: None,
+    })
+    .unwrap();
+    let addr = ws.listen("[::1]:0").unwrap();
+    assert!(addr.is_ipv6());
+    let control = ws.sender();
+    let client = ws.connect(&format!("ws://[::1]:{}/v6", addr.port())).unwrap();
+    let h = ws.spawn().unwrap();
+    let mut opens = 0;
+    while opens < 2 {
+        if next(&rx, T) == Ev::Open {
+            opens += 1;
+        }
+    }
+    client.send("over ipv6").unwrap();
+    wait_for(&rx, T, |e| *e == Ev::Message(Message::text("over ipv6")));
+    control.shutdown().unwrap();
+    join_within(h, T);
+}
