@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run every cargo-fuzz target of wsloop's protocol core for a bounded time; fail if any crashes.
+# Run every cargo-fuzz target of wsloop (the protocol core, and `connection`: a whole server
+# connection over loopback) for a bounded time; fail if any crashes.
 #
 #   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]
 #
@@ -46,6 +47,10 @@ for t in "${targets[@]}"; do
     args=(-max_total_time="$secs" -timeout=10 -print_final_stats=1)
     case "$t" in
         handshake_*) args+=(-dict=http.dict) ;;
+        # LeakSanitizer is off for `connection`: the server thread's write queues hold `BytesMut`s
+        # whose only pointer can sit one past the end of their allocation once fully written, which
+        # LSan takes for a leak (see README.md); loop_stats and the RSS limit watch memory instead.
+        connection) args+=(-dict=http.dict -detect_leaks=0) ;;
     esac
     seeds=()
     [ -d "seeds/$t" ] && seeds=("seeds/$t")
