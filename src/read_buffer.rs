@@ -18,7 +18,7 @@ use std::os::fd::AsFd;
 use bytes::BytesMut;
 
 /// Buffers kept for reuse by the loop.
-const POOL_SIZE: usize = 4;
+const POOL_SIZE: usize = 16;
 
 /// Read bytes waiting to be decoded.
 #[derive(Debug, Default)]
@@ -64,6 +64,10 @@ impl ReadBuffer {
         if self.buf.capacity() - self.buf.len() < max.div_ceil(4) {
             self.make_room(max, pool);
         }
+        if self.buf.capacity() == self.buf.len() {
+            // Never offer recv an empty buffer: its Ok(0) would read as end of stream.
+            self.buf.reserve(max.max(1));
+        }
         let len = self.buf.len();
         let spare = self.buf.spare_capacity_mut();
         let room = spare.len().min(max);
@@ -83,10 +87,12 @@ impl ReadBuffer {
         if self.buf.try_reclaim(max) {
             return;
         }
-        // A pooled buffer whose payloads have all been released, or else a new one.
-        let mut fresh = match pool.iter_mut().position(|b| b.try_reclaim(max)) {
+        // A pooled buffer whose payloads have all been released, or else a new one; either way
+        // with room for the waiting bytes *and* `max` more.
+        let need = self.buf.len() + max;
+        let mut fresh = match pool.iter_mut().position(|b| b.try_reclaim(need)) {
             Some(i) => pool.swap_remove(i),
-            None => BytesMut::with_capacity(max),
+            None => BytesMut::with_capacity(need),
         };
         fresh.extend_from_slice(&self.buf);
         let mut old = std::mem::replace(&mut self.buf, fresh);
@@ -117,6 +123,15 @@ impl ReadBuffer {
     /// Drop `n` bytes from the front of the data (for example a parsed handshake head).
     pub fn consume(&mut self, n: usize) {
         let _ = self.buf.split_to(n.min(self.buf.len()));
+    }
+
+    /// Drop the data; hand a large allocation to `pool` for reuse (else free it).
+    pub fn recycle_into(&mut self, pool: &mut Vec<BytesMut>) {
+        let mut buf = std::mem::take(&mut self.buf);
+        if buf.capacity() >= 64 * 1024 && pool.len() < POOL_SIZE {
+            buf.clear();
+            pool.push(buf);
+        }
     }
 
     /// Drop all data and memory.
@@ -227,6 +242,23 @@ mod tests {
         }
         assert!(pool.len() <= POOL_SIZE);
         assert!(ptrs.len() <= POOL_SIZE + 2, "{} distinct buffers used for 50 reads", ptrs.len());
+    }
+
+    #[test]
+    fn data_longer_than_the_read_size_still_gets_room() {
+        // A waiting handshake head of exactly `max` (and 2x `max`) bytes: the next read must
+        // still be offered room, or recv's Ok(0) would look like end of stream.
+        for waiting in [100, 200, 250] {
+            let (mut w, r) = pair();
+            let mut rb = ReadBuffer::new();
+            let mut pool = Vec::new();
+            rb.extend_from_slice(&vec![1u8; waiting]);
+            w.write_all(b"more").unwrap();
+            let (n, room) = rb.read_from(&r, 100, &mut pool).unwrap();
+            assert!(room >= 25, "room {room} with {waiting} bytes waiting");
+            assert_eq!(n, 4);
+            assert_eq!(rb.filled(), waiting + 4);
+        }
     }
 
     #[test]

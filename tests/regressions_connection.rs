@@ -3,8 +3,7 @@
 //! frames, close code and reason), then a check that it is still serving a normal client and holds
 //! no connection.
 //!
-//! The ignored tests show two bugs the fuzzer found; run them with `cargo test --test
-//! regressions_connection -- --include-ignored` once they are fixed, and drop the `#[ignore]`.
+//! Two groups guard bugs the fuzzer found (both fixed):
 //!
 //! - The answer to the last bytes before a FIN is dropped (the `*_half_closed` tests and
 //!   `close_frame_then_half_close_gets_the_close_reply`). When a client sends its last bytes and
@@ -381,13 +380,12 @@ fn incomplete_request_then_half_close_gets_no_answer() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The unflushed-answer bug (see the module documentation): ignored until it is fixed.
+// The unflushed-answer bug (see the module documentation), fixed in Connection::finish.
 
 /// The minimised fuzz input (`fe c2`: mode 2, path `/close`, server B, wait for the `101`, append a
 /// close frame; no other frames): after the handshake, a close frame and the FIN arrive together,
 /// and the server's close reply is never sent.
 #[test]
-#[ignore = "bug: the close reply queued in the pass that reads the peer's FIN is dropped (Connection::eof)"]
 fn close_frame_then_half_close_gets_the_close_reply() {
     let server = Server::start();
     let mut sock = server.open("/");
@@ -400,7 +398,6 @@ fn close_frame_then_half_close_gets_the_close_reply() {
 }
 
 #[test]
-#[ignore = "bug: the answer queued in the pass that reads the peer's FIN is dropped (Connection::eof)"]
 fn pipelined_frames_and_close_half_closed() {
     let server = Server::start();
     let (input, answer) = pipelined();
@@ -411,7 +408,6 @@ fn pipelined_frames_and_close_half_closed() {
 }
 
 #[test]
-#[ignore = "bug: the HTTP error response is dropped when the request's FIN arrives with it (Connection::eof)"]
 fn bad_request_half_closed() {
     let server = Server::start();
     let answer = http_error("505 HTTP Version Not Supported", "", "handshake is not HTTP/1.1");
@@ -422,7 +418,6 @@ fn bad_request_half_closed() {
 }
 
 #[test]
-#[ignore = "bug: the echo and the server's close frame are dropped when the peer's FIN arrives with the message"]
 fn server_initiated_close_half_closed() {
     let server = Server::start();
     // `/close`: one message, then FIN; the server echoes it and closes with 1000 "bye".
@@ -438,7 +433,7 @@ fn server_initiated_close_half_closed() {
 
 // ---------------------------------------------------------------------------------------------
 // The read-buffer bug (found by the fuzzer at 935a696, introduced by 47db2d6 "recv into spare
-// capacity"): ignored until it is fixed.
+// capacity"), fixed in ReadBuffer::make_room and read_from.
 //
 // When more bytes are buffered than `Settings::read_buffer_size` (a handshake head still
 // incomplete after one buffer's worth), `ReadBuffer::make_room` replaces the buffer with one of
@@ -467,7 +462,6 @@ fn unhex(s: &str) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "bug: a head longer than the read buffer leaves recv no room; Ok(0) is taken for EOF (ReadBuffer::make_room)"]
 fn malformed_head_longer_than_the_read_buffer_gets_400() {
     let server = Server::start_tight();
     let answer = http_error("400 Bad Request", "", "malformed HTTP: invalid request head");
@@ -476,7 +470,6 @@ fn malformed_head_longer_than_the_read_buffer_gets_400() {
 }
 
 #[test]
-#[ignore = "bug: a head longer than the read buffer leaves recv no room; Ok(0) is taken for EOF (ReadBuffer::make_room)"]
 fn handshake_longer_than_the_read_buffer_is_served() {
     let server = Server::start_with(|s| s.read_buffer_size = 4096);
     let cookie = format!("Cookie: session={}\r\n", "c".repeat(5000));

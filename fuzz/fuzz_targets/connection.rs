@@ -42,14 +42,11 @@
 //!   the server's frames, decoded by a client-role `Decoder`, must be exactly those, and nothing may
 //!   follow its close frame.
 //!
-//! How exactly is set by `WSLOOP_FUZZ_STRICT` (see `Strictness`). By default (`1`) the harness
-//! reads until the whole expected answer has arrived and only then half-closes, and requires the
-//! answer exactly. Waiting sidesteps a bug this target found: when the peer's FIN arrives in the
-//! same read batch as its last bytes, the server drops the connection without flushing what it
-//! queued (the 101, echoes, pongs, its close frame, an HTTP error response); see `fuzz/README.md`
-//! and `tests/regressions_connection.rs`. `2` half-closes right after the input and requires the
-//! exact answer (the right default once that bug is fixed); `0` half-closes right after the input
-//! and accepts any prefix of the answer.
+//! How exactly is set by `WSLOOP_FUZZ_STRICT` (see `Strictness`). By default (`2`) the harness
+//! half-closes right after the input and requires the exact answer: this is how the target found
+//! that answers queued in the pass that read the peer's FIN were dropped (fixed; see
+//! `tests/regressions_connection.rs`). `1` reads until the whole expected answer has arrived
+//! before half-closing; `0` half-closes at once and accepts any prefix of the answer.
 //!
 //! Inputs that took longer than `SLOW_INPUT` to send are only checked for liveness, since the
 //! server's 200 ms open timeout may then legitimately have fired.
@@ -83,11 +80,10 @@ const MAX_WRITES: usize = 6;
 const WRITE_PAUSE: Duration = Duration::from_micros(100);
 /// Check that every connection is gone every this many inputs.
 const STATS_EVERY: u64 = 256;
-/// Server B's handshake limit: under its 256-byte read buffer, because a head longer than the read
-/// buffer hits a known bug (`ReadBuffer::make_room` leaves `recv` no room, and its `Ok(0)` is taken
-/// for end of stream; see `tests/regressions_connection.rs`) that would stop every run at once.
-/// Set it to 1024 once that is fixed.
-const B_MAX_HEAD: usize = 200;
+/// Server B's handshake limit: above its 256-byte read buffer, so heads longer than one read are
+/// exercised (they once hit a bug: `ReadBuffer::make_room` left `recv` no room, fixed; see
+/// `tests/regressions_connection.rs`).
+const B_MAX_HEAD: usize = 1024;
 /// The key of the handshakes the harness writes.
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 /// The mask key of the harness's own close frame.
@@ -258,14 +254,13 @@ fn servers() -> &'static [Server; 2] {
 /// How exactly the answer is checked, from `WSLOOP_FUZZ_STRICT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Strictness {
-    /// Unset or `1`: read until the whole answer has arrived, then half-close, and require exactly
-    /// the model's answer. Waiting sidesteps the unflushed-answer bug; everything else is checked.
+    /// `1`: read until the whole answer has arrived, then half-close, and require exactly the
+    /// model's answer.
     Exact,
     /// `0`: half-close right after the input; the answer must be a prefix of the model's (the
     /// unflushed-answer bug may cut it short, but so may others: weaker).
     Prefix,
-    /// `2`: half-close right after the input and require exactly the model's answer: the right
-    /// default once the unflushed-answer bug is fixed (it fails at once until then).
+    /// Unset or `2`: half-close right after the input and require exactly the model's answer.
     ExactAfterFin,
 }
 
@@ -273,8 +268,8 @@ fn strictness() -> Strictness {
     static STRICT: OnceLock<Strictness> = OnceLock::new();
     *STRICT.get_or_init(|| match std::env::var("WSLOOP_FUZZ_STRICT").as_deref() {
         Ok("0") => Strictness::Prefix,
-        Ok("2") => Strictness::ExactAfterFin,
-        _ => Strictness::Exact,
+        Ok("1") => Strictness::Exact,
+        _ => Strictness::ExactAfterFin,
     })
 }
 

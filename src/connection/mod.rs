@@ -54,6 +54,10 @@ use crate::write_queue::WriteQueue;
 /// the turn.
 const CORK_LIMIT: usize = 256 * 1024;
 
+/// Undecoded bytes up to this size are copied out of the loop's read buffer when a connection
+/// stops reading; more (only ever a binary frame awaited whole) keep the buffer.
+const SMALL_LEFTOVER: usize = 4096;
+
 /// What the loop lends a connection while driving it.
 pub(crate) struct Ctx<'a> {
     pub settings: &'a Settings,
@@ -307,29 +311,39 @@ impl<H: Handler> Connection<H> {
     /// Drive the connection: decode what is buffered, read more while allowed. Returns after at
     /// most one handler callback that queued commands.
     pub fn drive(&mut self, ctx: &mut Ctx<'_>) -> Drive {
-        // Read into the loop's buffer (large, shared by all connections); a leftover partial
-        // frame from last time moves into it first.
+        // Read into the loop's buffer (large, shared by all connections); a small leftover from
+        // last time moves into it first. A connection that kept a large buffer (a binary frame
+        // awaited whole) reads into that one instead.
         debug_assert_eq!(ctx.loop_rbuf.filled(), 0);
-        if self.rbuf.filled() > 0 {
-            ctx.loop_rbuf.extend_from_slice(self.rbuf.data());
+        if self.rbuf.filled() <= SMALL_LEFTOVER {
+            if self.rbuf.filled() > 0 {
+                ctx.loop_rbuf.extend_from_slice(self.rbuf.data());
+            }
+            self.rbuf.clear();
+            std::mem::swap(&mut self.rbuf, ctx.loop_rbuf);
         }
-        self.rbuf.clear();
-        std::mem::swap(&mut self.rbuf, ctx.loop_rbuf);
         let r = self.drive_inner(ctx);
         self.return_buffer(ctx);
         r
     }
 
-    /// Give the loop's buffer back, keeping a copy of what is left undecoded: at most a partial
-    /// frame header, control frame or handshake head (payload is handed out as it arrives), so a
-    /// few bytes, bounded by the handshake limits.
+    /// Give the read buffer back to the loop. What is left undecoded is usually a few bytes (a
+    /// partial frame header or control frame, a handshake head): the connection keeps a copy in a
+    /// small buffer of its own. A binary frame awaited whole (at most half the read buffer) is not
+    /// copied: the connection keeps the buffer, and the loop takes another from its pool.
     fn return_buffer(&mut self, ctx: &mut Ctx<'_>) {
-        std::mem::swap(&mut self.rbuf, ctx.loop_rbuf);
-        let left = ctx.loop_rbuf.filled();
-        if left > 0 {
-            self.rbuf.extend_from_slice(ctx.loop_rbuf.data());
-            ctx.loop_rbuf.consume(left);
+        let left = self.rbuf.filled();
+        if left > SMALL_LEFTOVER {
+            return;
         }
+        let mut own = ReadBuffer::new();
+        if left > 0 {
+            own.extend_from_slice(self.rbuf.data());
+        }
+        let mut read = std::mem::replace(&mut self.rbuf, own);
+        read.consume(left);
+        let mut previous = std::mem::replace(ctx.loop_rbuf, read);
+        previous.recycle_into(ctx.buf_pool);
     }
 
     fn drive_inner(&mut self, ctx: &mut Ctx<'_>) -> Drive {
@@ -602,6 +616,15 @@ impl<H: Handler> Connection<H> {
     pub fn finish(&mut self, ctx: &mut Ctx<'_>) {
         if self.opened && !self.close_reported {
             self.report_close(ctx, CloseCode::ABNORMAL, "");
+        }
+        // Answers queued in this very pass (a close reply, an HTTP error, echoes) still go out
+        // when the peer's FIN arrived with its last bytes: one non-blocking write attempt.
+        if let Some(sock) = self.socket.as_mut() {
+            if !self.wq.is_empty() && self.phase != Phase::Connecting {
+                if let Ok(n) = self.wq.write_to(sock) {
+                    ctx.shared.slots.release(self.id.slot as usize, n);
+                }
+            }
         }
         let dropped = self.wq.clear();
         ctx.shared.slots.release(self.id.slot as usize, dropped);

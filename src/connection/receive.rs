@@ -28,6 +28,12 @@ impl<H: Handler> Connection<H> {
                             other => return other,
                         }
                     }
+                    // A binary frame that fits the read buffer is awaited whole, so it becomes a
+                    // message without joining pieces (a copy); larger ones, text and fragments
+                    // are decoded as they arrive.
+                    Ok(None) if self.decoder.awaits_whole_frame(data, ctx.settings.read_buffer_size / 2) => {
+                        return Step::Continue;
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         log::debug!("{} {:?}: protocol error: {e}", self.id, self.peer);

@@ -364,6 +364,32 @@ impl Decoder {
         Ok(Some((kind, payload.freeze())))
     }
 
+    /// Whether `buf` starts with the beginning of a binary frame that `try_whole_message` will take
+    /// whole once it has fully arrived, and whose header and payload together take at most
+    /// `limit` bytes. A message-level reader may then wait for the rest instead of decoding the
+    /// payload piece by piece (and joining the pieces with a copy). Text is never awaited: its
+    /// UTF-8 must fail fast, as its bytes arrive.
+    pub fn awaits_whole_frame(&self, buf: &[u8], limit: usize) -> bool {
+        if self.state != State::Header || self.message.is_some() {
+            return false;
+        }
+        let Ok(HeaderParse::Complete(h, n)) = FrameHeader::parse(buf) else { return false };
+        let masked_ok = match self.config.role {
+            Role::Server => h.mask.is_some(),
+            Role::Client => h.mask.is_none(),
+        };
+        let total = n as u64 + h.payload_len;
+        let within = |max: Option<u64>| max.is_none_or(|m| h.payload_len <= m);
+        h.opcode == OpCode::Binary
+            && h.fin
+            && h.rsv == 0
+            && masked_ok
+            && within(self.config.max_frame_size)
+            && within(self.config.max_message_size)
+            && total <= limit as u64
+            && (buf.len() as u64) < total
+    }
+
     /// The kind of the message in progress, if any.
     pub fn message_kind(&self) -> Option<MessageKind> {
         self.message.map(|m| m.kind)
@@ -646,6 +672,20 @@ mod tests {
         let mut dec = server();
         assert_eq!(dec.try_whole_message(&mut buf), Err(ProtocolError::InvalidUtf8));
         assert_eq!(dec.next_event(&mut buf).unwrap(), None, "nothing after the error");
+    }
+
+    #[test]
+    fn awaits_only_incomplete_whole_binary_frames_within_the_limit() {
+        let whole = client_frame(OpCode::Binary, true, &[5; 1000]);
+        let dec = server();
+        assert!(dec.awaits_whole_frame(&whole[..500], 4096));
+        assert!(!dec.awaits_whole_frame(&whole, 4096), "complete: nothing to wait for");
+        assert!(!dec.awaits_whole_frame(&whole[..500], 1000), "over the limit: stream it");
+        let text = client_frame(OpCode::Text, true, &[b'a'; 1000]);
+        assert!(!dec.awaits_whole_frame(&text[..500], 4096), "text fails fast, never awaited");
+        let frag = client_frame(OpCode::Binary, false, &[5; 1000]);
+        assert!(!dec.awaits_whole_frame(&frag[..500], 4096));
+        assert!(!dec.awaits_whole_frame(&whole[..3], 4096), "header incomplete");
     }
 
     #[test]
