@@ -192,6 +192,10 @@ impl<F: Factory> EventLoop<F> {
         let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
         socket.set_nonblocking(true)?;
+        if self.settings.tcp_nodelay {
+            // Inherited by accepted sockets on Linux (see `accept`).
+            socket.set_tcp_nodelay(true)?;
+        }
         socket.bind(&addr.into())?;
         socket.listen(self.settings.listen_backlog.max(1))?;
         let mut l = TcpListener::from_std(socket.into());
@@ -402,9 +406,15 @@ impl<F: Factory> EventLoop<F> {
             let Some(listener) = self.listeners.get(index).and_then(Option::as_ref) else { return };
             match listener.accept() {
                 Ok((mut socket, peer)) => {
-                    if self.settings.tcp_nodelay {
+                    // Linux copies TCP_NODELAY from the listener to accepted sockets (set in
+                    // `listen`), which saves a setsockopt per connection; elsewhere set it here.
+                    if self.settings.tcp_nodelay && !cfg!(target_os = "linux") {
                         let _ = socket.set_nodelay(true);
                     }
+                    debug_assert!(
+                        !self.settings.tcp_nodelay || socket.nodelay().unwrap_or(true),
+                        "TCP_NODELAY inherited"
+                    );
                     let entry = self.conns.vacant_entry();
                     let slot = entry.key();
                     let id = ConnId { slot: slot as u32, generation: self.shared.slots.next_generation(slot) };
