@@ -44,6 +44,7 @@ impl ReadBuffer {
     }
 
     /// Memory held, in bytes.
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
     }

@@ -44,6 +44,7 @@ impl WriteQueue {
     }
 
     /// Memory held by the tail buffer.
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.tail.capacity()
     }

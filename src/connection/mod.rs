@@ -38,7 +38,7 @@ use crate::prepared::PreparedMessage;
 use crate::protocol::assembler::Accumulator;
 use crate::protocol::close::{truncate_reason, CloseCode, CloseFrame};
 use crate::protocol::decoder::{Decoder, DecoderConfig, Event, Role};
-use crate::protocol::frame::{header_len, FrameHeader, OpCode};
+use crate::protocol::frame::{FrameHeader, OpCode};
 use crate::protocol::handshake::client::{ClientRequest, ResponseParser, ServerResponse, WsUrl};
 use crate::protocol::handshake::headers::{encode_key, HeadLimits};
 use crate::protocol::handshake::server::{Rejection, RequestParser};
@@ -630,18 +630,6 @@ impl<H: Handler> Connection<H> {
         ctx.shared.slots.release(self.id.slot as usize, dropped);
         // Closing the socket removes it from epoll: no deregistering syscall needed.
         self.socket = None;
-    }
-
-    /// Bytes held in buffers (for memory accounting in tests).
-    #[allow(dead_code)]
-    pub fn buffered_capacity(&self) -> usize {
-        self.rbuf.capacity() + self.wq.capacity()
-    }
-
-    /// The frame header length for a payload on this connection (masking adds 4 bytes).
-    #[allow(dead_code)]
-    pub fn header_len(&self, payload: u64) -> usize {
-        header_len(payload, self.role == Role::Client)
     }
 }
 
