@@ -65,55 +65,7 @@ fn category(cat: &str, workers: usize) {
     run_cases(&format!("wsloop server, category {cat}"), &cases, workers, run_server_case);
 }
 
-#[test]
-fn c1_framing() {
-    category("1", 4);
-}
-
-#[test]
-fn c2_pings_pongs() {
-    category("2", 4);
-}
-
-#[test]
-fn c3_reserved_bits() {
-    category("3", 4);
-}
-
-#[test]
-fn c4_opcodes() {
-    category("4", 4);
-}
-
-#[test]
-fn c5_fragmentation() {
-    category("5", 4);
-}
-
-#[test]
-fn c6_utf8() {
-    category("6", 8);
-}
-
-#[test]
-fn c7_close() {
-    category("7", 8);
-}
-
-#[test]
-fn c9_limits() {
-    category("9", 2);
-}
-
-#[test]
-fn c10_auto_fragmentation() {
-    category("10", 1);
-}
-
-#[test]
-fn cm_masking() {
-    category("M", 4);
-}
+conformance_support::category_tests!(category);
 
 /// The harness itself must catch wrong outcomes: each of these deliberately wrong expectations
 /// has to fail, with a message that says why.

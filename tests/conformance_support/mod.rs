@@ -2075,3 +2075,51 @@ pub fn readme_tables() -> String {
     }
     s
 }
+
+/// One test per category, each calling `$category(category, worker_threads)`: the same table for
+/// the server and the client role.
+macro_rules! category_tests {
+    ($category:ident) => {
+        #[test]
+        fn c1_framing() {
+            $category("1", 4);
+        }
+        #[test]
+        fn c2_pings_pongs() {
+            $category("2", 4);
+        }
+        #[test]
+        fn c3_reserved_bits() {
+            $category("3", 4);
+        }
+        #[test]
+        fn c4_opcodes() {
+            $category("4", 4);
+        }
+        #[test]
+        fn c5_fragmentation() {
+            $category("5", 4);
+        }
+        #[test]
+        fn c6_utf8() {
+            $category("6", 8);
+        }
+        #[test]
+        fn c7_close() {
+            $category("7", 8);
+        }
+        #[test]
+        fn c9_limits() {
+            $category("9", 2);
+        }
+        #[test]
+        fn c10_auto_fragmentation() {
+            $category("10", 1);
+        }
+        #[test]
+        fn cm_masking() {
+            $category("M", 4);
+        }
+    };
+}
+pub(crate) use category_tests;
