@@ -10,7 +10,7 @@ mod support;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -22,15 +22,7 @@ fn example(name: &str) -> PathBuf {
     support::example_binary(name)
 }
 
-/// Kills the child when the test ends, however it ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::ChildGuard as Guard;
 
 /// A temporary directory, removed when the test ends.
 struct TempDir(PathBuf);

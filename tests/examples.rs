@@ -12,15 +12,7 @@ fn example(name: &str) -> PathBuf {
     support::example_binary(name)
 }
 
-/// Kills the child when the test ends, however it ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::ChildGuard as Guard;
 
 /// Start an example server and read the `ws://ADDR/` it announces on stdout or stderr.
 fn start_server(name: &str, args: &[&str], from_stderr: bool) -> (Guard, String) {

@@ -338,15 +338,7 @@ fn client_talks_to_tungstenite_server_with_subprotocol() {
 #[test]
 fn client_sees_rejection_status_and_body() {
     let (server, _srx) = recording_server(Settings::default(), true, None, Some(401));
-    let (tx, rx) = mpsc::channel();
-    let mut ws = WebSocket::new(move |out: Sender| support::Recorder {
-        out,
-        tx: tx.clone(),
-        echo: false,
-        protocol: None,
-        reject: None,
-    })
-    .unwrap();
+    let (mut ws, rx) = recording_loop(false);
     ws.connect(&server.url()).unwrap();
     let h = ws.spawn().unwrap();
     match next(&rx, T) {
@@ -360,15 +352,7 @@ fn client_sees_rejection_status_and_body() {
 #[test]
 fn client_and_server_in_one_loop_with_dns_name() {
     // One loop listens and connects to itself through "localhost" (resolved off the loop thread).
-    let (tx, rx) = mpsc::channel();
-    let mut ws = WebSocket::new(move |out: Sender| support::Recorder {
-        out,
-        tx: tx.clone(),
-        echo: true,
-        protocol: None,
-        reject: None,
-    })
-    .unwrap();
+    let (mut ws, rx) = recording_loop(true);
     let addr = ws.listen("127.0.0.1:0").unwrap();
     let control = ws.sender();
     let client = ws.connect(&format!("ws://localhost:{}/self", addr.port())).unwrap();
@@ -436,15 +420,7 @@ fn thousand_connections_echo_a_hundred_messages_each() {
 
 #[test]
 fn ipv6_listener_and_client() {
-    let (tx, rx) = mpsc::channel();
-    let mut ws = WebSocket::new(move |out: Sender| support::Recorder {
-        out,
-        tx: tx.clone(),
-        echo: true,
-        protocol: None,
-        reject: None,
-    })
-    .unwrap();
+    let (mut ws, rx) = recording_loop(true);
     let addr = ws.listen("[::1]:0").unwrap();
     assert!(addr.is_ipv6());
     let control = ws.sender();

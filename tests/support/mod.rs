@@ -396,3 +396,23 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
     assert!(path.exists(), "example {name} not found at {}", path.display());
     path
 }
+
+/// Kills a child process when the test ends, however it ends.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loop (not started) whose handlers are recorders feeding the returned channel.
+pub fn recording_loop(
+    echo: bool,
+) -> (WebSocket<impl wsloop::Factory<Handler = Recorder> + Send + 'static>, mpsc::Receiver<Ev>) {
+    let (tx, rx) = mpsc::channel();
+    let ws = WebSocket::new(move |out: Sender| Recorder { out, tx: tx.clone(), echo, protocol: None, reject: None })
+        .unwrap();
+    (ws, rx)
+}
