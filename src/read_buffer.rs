@@ -16,7 +16,7 @@
 use std::io;
 use std::os::fd::AsFd;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 
 /// Buffers kept for reuse by the loop.
 const POOL_SIZE: usize = 16;
@@ -104,16 +104,16 @@ impl ReadBuffer {
         }
     }
 
-    /// Split off the waiting bytes for the decoder. Give back what is left with
-    /// [`restore`](Self::restore).
+    /// Take the buffer (waiting bytes and spare room) for the decoder; nothing is read into this
+    /// `ReadBuffer` until [`restore`](Self::restore) gives back what the decoder left.
     pub fn take_data(&mut self) -> BytesMut {
-        self.buf.split()
+        std::mem::take(&mut self.buf)
     }
 
-    /// Give back what the decoder left (a partial frame), in front of the spare room.
-    pub fn restore(&mut self, mut data: BytesMut) {
-        debug_assert!(self.buf.is_empty());
-        data.unsplit(std::mem::take(&mut self.buf));
+    /// Give back the buffer taken with [`take_data`](Self::take_data), holding what the decoder
+    /// left (a partial frame) in front of the spare room.
+    pub fn restore(&mut self, data: BytesMut) {
+        debug_assert!(self.buf.is_empty() && self.buf.capacity() == 0, "restore without take_data");
         self.buf = data;
     }
 
@@ -124,7 +124,10 @@ impl ReadBuffer {
 
     /// Drop `n` bytes from the front of the data (for example a parsed handshake head).
     pub fn consume(&mut self, n: usize) {
-        let _ = self.buf.split_to(n.min(self.buf.len()));
+        let n = n.min(self.buf.len());
+        if n > 0 {
+            self.buf.advance(n);
+        }
     }
 
     /// Drop the data; hand a large allocation to `pool` for reuse (else free it).

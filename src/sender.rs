@@ -247,7 +247,12 @@ pub(crate) fn set_current_loop(id: usize) {
 
 /// Move the commands queued on this thread into `out`.
 pub(crate) fn take_local(out: &mut Vec<Command>) {
-    LOCAL_QUEUE.with(|q| out.extend(q.borrow_mut().drain(..)));
+    LOCAL_QUEUE.with(|q| {
+        let mut q = q.borrow_mut();
+        if !q.is_empty() {
+            out.extend(q.drain(..));
+        }
+    });
 }
 
 /// The first queued command, if it is addressed to connection `id` (so the connection can apply

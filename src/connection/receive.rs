@@ -2,6 +2,7 @@
 //! at its level (message, frame or stream), one callback at a time.
 
 use super::*;
+use crate::protocol::decoder::WholeMessage;
 
 impl<H: Handler> Connection<H> {
     /// Decode frames and dispatch their events.
@@ -15,9 +16,15 @@ impl<H: Handler> Connection<H> {
     pub(super) fn frames_from(&mut self, ctx: &mut Ctx<'_>, data: &mut BytesMut) -> Step {
         let catch = ctx.settings.catch_panics;
         loop {
+            if data.is_empty() && self.decoder.needs_input() {
+                return Step::Continue;
+            }
             if self.level == Level::Message {
-                match self.decoder.try_whole_message(data) {
-                    Ok(Some((kind, payload))) => {
+                // A binary frame that fits the read buffer is awaited whole, so it becomes a
+                // message without joining pieces (a copy); larger ones, text and fragments are
+                // decoded as they arrive.
+                match self.decoder.whole_message(data, ctx.settings.read_buffer_size / 2) {
+                    Ok(WholeMessage::Message(kind, payload)) => {
                         let msg = match kind {
                             MessageKind::Text => Message::Text(crate::Utf8Bytes::from_validated(payload)),
                             MessageKind::Binary => Message::Binary(payload),
@@ -28,13 +35,8 @@ impl<H: Handler> Connection<H> {
                             other => return other,
                         }
                     }
-                    // A binary frame that fits the read buffer is awaited whole, so it becomes a
-                    // message without joining pieces (a copy); larger ones, text and fragments
-                    // are decoded as they arrive.
-                    Ok(None) if self.decoder.awaits_whole_frame(data, ctx.settings.read_buffer_size / 2) => {
-                        return Step::Continue;
-                    }
-                    Ok(None) => {}
+                    Ok(WholeMessage::Incomplete) => return Step::Continue,
+                    Ok(WholeMessage::Decode) => {}
                     Err(e) => {
                         log::debug!("{} {:?}: protocol error: {e}", self.id, self.peer);
                         self.fail(ctx, Error::Protocol(e));

@@ -101,6 +101,19 @@ pub enum Event {
     Close(Option<CloseFrame>),
 }
 
+/// What [`Decoder::whole_message`] found at the start of the buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WholeMessage {
+    /// A whole single-frame message, consumed: its kind and unmasked (for text, validated)
+    /// payload.
+    Message(MessageKind, Bytes),
+    /// The start of a binary frame the fast path will take whole once the rest has arrived:
+    /// read more before decoding.
+    Incomplete,
+    /// Not for the fast path: decode with [`Decoder::next_event`].
+    Decode,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Header,
@@ -328,14 +341,25 @@ impl Decoder {
     /// here": use [`next_event`](Self::next_event), which handles everything else (and reports
     /// any error). The result is the same as `next_event`'s five events for that frame.
     pub fn try_whole_message(&mut self, buf: &mut BytesMut) -> Result<Option<(MessageKind, Bytes)>, ProtocolError> {
+        Ok(match self.whole_message(buf, 0)? {
+            WholeMessage::Message(kind, payload) => Some((kind, payload)),
+            WholeMessage::Incomplete | WholeMessage::Decode => None,
+        })
+    }
+
+    /// [`try_whole_message`](Self::try_whole_message) and
+    /// [`awaits_whole_frame`](Self::awaits_whole_frame) in one look at the header (the receive
+    /// path's per-message cost): a whole message, "wait for the rest of this binary frame of at
+    /// most `await_limit` bytes (header included)", or "decode with `next_event`".
+    pub fn whole_message(&mut self, buf: &mut BytesMut, await_limit: usize) -> Result<WholeMessage, ProtocolError> {
         if self.state != State::Header || self.message.is_some() {
-            return Ok(None);
+            return Ok(WholeMessage::Decode);
         }
-        let Ok(HeaderParse::Complete(h, n)) = FrameHeader::parse(buf) else { return Ok(None) };
+        let Ok(HeaderParse::Complete(h, n)) = FrameHeader::parse(buf) else { return Ok(WholeMessage::Decode) };
         let kind = match h.opcode {
             OpCode::Text => MessageKind::Text,
             OpCode::Binary => MessageKind::Binary,
-            _ => return Ok(None),
+            _ => return Ok(WholeMessage::Decode),
         };
         let masked_ok = match self.config.role {
             Role::Server => h.mask.is_some(),
@@ -348,9 +372,14 @@ impl Decoder {
             || !masked_ok
             || !within(self.config.max_frame_size)
             || !within(self.config.max_message_size)
-            || (buf.len() as u64) < n as u64 + len
         {
-            return Ok(None);
+            return Ok(WholeMessage::Decode);
+        }
+        let total = n as u64 + len;
+        if (buf.len() as u64) < total {
+            // Text is never awaited: its UTF-8 must fail fast, as its bytes arrive.
+            let wait = kind == MessageKind::Binary && total <= await_limit as u64;
+            return Ok(if wait { WholeMessage::Incomplete } else { WholeMessage::Decode });
         }
         buf.advance(n);
         let mut payload = buf.split_to(len as usize);
@@ -361,33 +390,19 @@ impl Decoder {
             self.state = State::Done;
             return Err(ProtocolError::InvalidUtf8);
         }
-        Ok(Some((kind, payload.freeze())))
+        Ok(WholeMessage::Message(kind, payload.freeze()))
     }
 
-    /// Whether `buf` starts with the beginning of a binary frame that `try_whole_message` will take
-    /// whole once it has fully arrived, and whose header and payload together take at most
-    /// `limit` bytes. A message-level reader may then wait for the rest instead of decoding the
-    /// payload piece by piece (and joining the pieces with a copy). Text is never awaited: its
-    /// UTF-8 must fail fast, as its bytes arrive.
-    pub fn awaits_whole_frame(&self, buf: &[u8], limit: usize) -> bool {
-        if self.state != State::Header || self.message.is_some() {
-            return false;
+    /// Whether [`next_event`](Self::next_event) certainly returns `None` for an empty buffer: the
+    /// decoder is between frames, inside a payload, or done. (After a frame header or at a
+    /// frame's end it still has events to give without more bytes.) Lets a reader skip decoding
+    /// when nothing has arrived.
+    pub fn needs_input(&self) -> bool {
+        match self.state {
+            State::Header | State::Done => true,
+            State::Payload { remaining, .. } => remaining > 0,
+            State::FrameBegin { .. } | State::MessageEnd => false,
         }
-        let Ok(HeaderParse::Complete(h, n)) = FrameHeader::parse(buf) else { return false };
-        let masked_ok = match self.config.role {
-            Role::Server => h.mask.is_some(),
-            Role::Client => h.mask.is_none(),
-        };
-        let total = n as u64 + h.payload_len;
-        let within = |max: Option<u64>| max.is_none_or(|m| h.payload_len <= m);
-        h.opcode == OpCode::Binary
-            && h.fin
-            && h.rsv == 0
-            && masked_ok
-            && within(self.config.max_frame_size)
-            && within(self.config.max_message_size)
-            && total <= limit as u64
-            && (buf.len() as u64) < total
     }
 
     /// The kind of the message in progress, if any.
@@ -677,15 +692,44 @@ mod tests {
     #[test]
     fn awaits_only_incomplete_whole_binary_frames_within_the_limit() {
         let whole = client_frame(OpCode::Binary, true, &[5; 1000]);
-        let dec = server();
-        assert!(dec.awaits_whole_frame(&whole[..500], 4096));
-        assert!(!dec.awaits_whole_frame(&whole, 4096), "complete: nothing to wait for");
-        assert!(!dec.awaits_whole_frame(&whole[..500], 1000), "over the limit: stream it");
+        let look = |bytes: &[u8], limit: usize| {
+            let mut buf = BytesMut::from(bytes);
+            let r = server().whole_message(&mut buf, limit).unwrap();
+            if !matches!(r, WholeMessage::Message(..)) {
+                assert_eq!(&buf[..], bytes, "nothing consumed unless a message is returned");
+            }
+            r
+        };
+        assert_eq!(look(&whole[..500], 4096), WholeMessage::Incomplete);
+        assert_eq!(look(&whole, 4096), WholeMessage::Message(MessageKind::Binary, Bytes::from(vec![5; 1000])));
+        assert_eq!(look(&whole[..500], 1000), WholeMessage::Decode, "over the limit: stream it");
         let text = client_frame(OpCode::Text, true, &[b'a'; 1000]);
-        assert!(!dec.awaits_whole_frame(&text[..500], 4096), "text fails fast, never awaited");
+        assert_eq!(look(&text[..500], 4096), WholeMessage::Decode, "text fails fast, never awaited");
         let frag = client_frame(OpCode::Binary, false, &[5; 1000]);
-        assert!(!dec.awaits_whole_frame(&frag[..500], 4096));
-        assert!(!dec.awaits_whole_frame(&whole[..3], 4096), "header incomplete");
+        assert_eq!(look(&frag[..500], 4096), WholeMessage::Decode);
+        assert_eq!(look(&whole[..3], 4096), WholeMessage::Decode, "header incomplete");
+    }
+
+    #[test]
+    fn needs_input_only_where_an_empty_buffer_yields_nothing() {
+        let mut dec = server();
+        assert!(dec.needs_input(), "between frames");
+        let mut buf = client_frame(OpCode::Binary, true, b"");
+        buf.extend_from_slice(&client_frame(OpCode::Binary, true, b"abc")[..7]);
+        let mut seen = 0;
+        loop {
+            if buf.is_empty() && dec.needs_input() {
+                assert_eq!(dec.clone().next_event(&mut buf).unwrap(), None);
+                break;
+            }
+            match dec.next_event(&mut buf).unwrap() {
+                Some(_) => seen += 1,
+                None => panic!("decoder claimed progress without input"),
+            }
+        }
+        // Empty frame: 4 events; second frame: MessageBegin, FrameBegin, one data byte.
+        assert_eq!(seen, 7);
+        assert!(matches!(dec.state, State::Payload { remaining: 2, .. }));
     }
 
     #[test]
