@@ -70,9 +70,9 @@ impl<H: Handler> Connection<H> {
     }
 
     pub(super) fn arm_close_timer(&mut self, ctx: &mut Ctx<'_>) {
-        if !self.close_timer {
-            self.close_timer = true;
-            ctx.timers.schedule(ctx.now + ctx.settings.close_timeout, self.id, TimerKind::CloseHandshake);
+        if self.close_timer.is_none() {
+            let at = ctx.now + ctx.settings.close_timeout;
+            self.close_timer = Some(ctx.timers.schedule(at, self.id, TimerKind::CloseHandshake));
         }
     }
 

@@ -187,6 +187,7 @@ impl<H: Handler> Connection<H> {
     }
 
     pub(super) fn open(&mut self, ctx: &mut Ctx<'_>) -> Step {
+        self.cancel_open_timer(ctx);
         self.phase = Phase::Open;
         self.opened = true;
         self.last_rx = ctx.now;
@@ -198,7 +199,7 @@ impl<H: Handler> Connection<H> {
         if ctx.settings.keepalive_interval.is_some() || ctx.settings.idle_timeout.is_some() {
             let first = [ctx.settings.keepalive_interval, ctx.settings.idle_timeout].into_iter().flatten().min();
             if let Some(d) = first {
-                ctx.timers.schedule(ctx.now + d, self.id, TimerKind::KeepAlive);
+                self.keepalive_timer = Some(ctx.timers.schedule(ctx.now + d, self.id, TimerKind::KeepAlive));
             }
         }
         let catch = ctx.settings.catch_panics;

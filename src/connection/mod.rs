@@ -45,7 +45,7 @@ use crate::protocol::handshake::server::{Rejection, RequestParser};
 use crate::protocol::mask::MaskGen;
 use crate::protocol::message::{Message, MessageKind};
 use crate::read_buffer::ReadBuffer;
-use crate::runtime::timers::{TimerKind, Timers};
+use crate::runtime::timers::{TimerKey, TimerKind, Timers};
 use crate::sender::{ConnId, LoopShared, Op, SlotState};
 use crate::settings::Settings;
 use crate::write_queue::WriteQueue;
@@ -152,7 +152,10 @@ pub(crate) struct Connection<H> {
     opened: bool,
     close_reported: bool,
     close_sent: bool,
-    close_timer: bool,
+    /// Scheduled timers of this connection, cancelled when they stop applying.
+    open_timer: Option<TimerKey>,
+    close_timer: Option<TimerKey>,
+    keepalive_timer: Option<TimerKey>,
     shutdown_after_flush: bool,
     /// Close the socket once the write queue is empty (a server after a clean closing handshake).
     close_after_flush: bool,
@@ -230,7 +233,9 @@ impl<H: Handler> Connection<H> {
             opened: false,
             close_reported: false,
             close_sent: false,
-            close_timer: false,
+            open_timer: None,
+            close_timer: None,
+            keepalive_timer: None,
             shutdown_after_flush: false,
             close_after_flush: false,
             shut_down: false,
@@ -255,7 +260,7 @@ impl<H: Handler> Connection<H> {
         c.peer = Some(peer);
         c.phase = Phase::ServerHandshake;
         c.server_hs = Some(Box::new(RequestParser::new(limits)));
-        ctx.timers.schedule(ctx.now + ctx.settings.open_timeout, id, TimerKind::OpenHandshake);
+        c.open_timer = Some(ctx.timers.schedule(ctx.now + ctx.settings.open_timeout, id, TimerKind::OpenHandshake));
         c
     }
 
@@ -275,7 +280,7 @@ impl<H: Handler> Connection<H> {
             rejected: None,
         }));
         c.phase = Phase::Resolving;
-        ctx.timers.schedule(ctx.now + ctx.settings.open_timeout, id, TimerKind::OpenHandshake);
+        c.open_timer = Some(ctx.timers.schedule(ctx.now + ctx.settings.open_timeout, id, TimerKind::OpenHandshake));
         c
     }
 
@@ -524,6 +529,13 @@ impl<H: Handler> Connection<H> {
 
     /// A timer of this connection fired.
     pub fn timer(&mut self, kind: TimerKind, ctx: &mut Ctx<'_>) -> Drive {
+        // The timer that fired has left the heap.
+        match kind {
+            TimerKind::OpenHandshake => self.open_timer = None,
+            TimerKind::CloseHandshake => self.close_timer = None,
+            TimerKind::KeepAlive => self.keepalive_timer = None,
+            TimerKind::User(..) => {}
+        }
         match kind {
             TimerKind::OpenHandshake => {
                 if matches!(
@@ -606,7 +618,8 @@ impl<H: Handler> Connection<H> {
             }
         }
         if let Some(at) = next {
-            ctx.timers.schedule(at.max(now + std::time::Duration::from_millis(1)), self.id, TimerKind::KeepAlive);
+            let at = at.max(now + std::time::Duration::from_millis(1));
+            self.keepalive_timer = Some(ctx.timers.schedule(at, self.id, TimerKind::KeepAlive));
         }
         Drive::Idle
     }
@@ -626,10 +639,32 @@ impl<H: Handler> Connection<H> {
                 }
             }
         }
+        self.cancel_timers(ctx);
         let dropped = self.wq.clear();
         ctx.shared.slots.release(self.id.slot as usize, dropped);
         // Closing the socket removes it from epoll: no deregistering syscall needed.
         self.socket = None;
+    }
+}
+
+impl<H> Connection<H> {
+    /// Remove this connection's open-handshake timer (the handshake is over).
+    pub(crate) fn cancel_open_timer(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(key) = self.open_timer.take() {
+            ctx.timers.cancel(key, self.id, TimerKind::OpenHandshake);
+        }
+    }
+
+    /// Remove every connection timer still scheduled (user timers of a connection that is gone
+    /// are dropped when they come due).
+    fn cancel_timers(&mut self, ctx: &mut Ctx<'_>) {
+        self.cancel_open_timer(ctx);
+        if let Some(key) = self.close_timer.take() {
+            ctx.timers.cancel(key, self.id, TimerKind::CloseHandshake);
+        }
+        if let Some(key) = self.keepalive_timer.take() {
+            ctx.timers.cancel(key, self.id, TimerKind::KeepAlive);
+        }
     }
 }
 

@@ -60,7 +60,7 @@ pub struct LoopStats {
     pub accepted: u64,
     /// Connections removed since the loop started.
     pub closed: u64,
-    /// Timer entries scheduled (including ones that will be ignored when they fire).
+    /// Timers scheduled: connection timers still in force and live user timers.
     pub timers: usize,
     /// Times accepting was paused because of the connection or file-descriptor limit.
     pub accept_pauses: u64,
