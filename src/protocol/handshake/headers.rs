@@ -232,17 +232,26 @@ impl Headers {
 
     /// The first value of header `name` (case-insensitive), as bytes.
     pub fn get_bytes(&self, name: &str) -> Option<&[u8]> {
-        self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.values(name).next()
     }
 
     /// Every UTF-8 value of header `name`, in order (for headers that may repeat).
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        self.values(name).filter_map(|v| std::str::from_utf8(v).ok())
     }
 
     /// How many times header `name` appears.
     pub fn count(&self, name: &str) -> usize {
-        self.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+        self.values(name).count()
+    }
+
+    /// The values of header `name`, compared as bytes (names are ASCII tokens, so no UTF-8 check
+    /// is needed to find them).
+    fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
+        self.fields.iter().filter_map(move |&(s, n, v)| {
+            let (s, n, v) = (s as usize, n as usize, v as usize);
+            self.bytes[s..n].eq_ignore_ascii_case(name.as_bytes()).then(|| &self.bytes[n..v])
+        })
     }
 
     /// Every field, as (name, value bytes), in order.
