@@ -255,14 +255,25 @@ pub(crate) fn take_local(out: &mut Vec<Command>) {
     });
 }
 
+/// What [`pop_local_for`] found at the front of this thread's local queue.
+pub(crate) enum LocalFront {
+    /// A command for the connection asked about, taken off the queue.
+    Mine(Command),
+    /// A command for someone else: the loop must apply it.
+    Other,
+    /// Nothing queued.
+    Empty,
+}
+
 /// The first queued command, if it is addressed to connection `id` (so the connection can apply
-/// it at once, in order, without a round trip through the loop).
-pub(crate) fn pop_local_for(id: ConnId) -> Option<Command> {
+/// it at once, in order, without a round trip through the loop); one look at the queue.
+pub(crate) fn pop_local_for(id: ConnId) -> LocalFront {
     LOCAL_QUEUE.with(|q| {
         let mut q = q.borrow_mut();
         match q.front() {
-            Some(c) if c.target == Target::Conn(id) => q.pop_front(),
-            _ => None,
+            None => LocalFront::Empty,
+            Some(c) if c.target == Target::Conn(id) => q.pop_front().map_or(LocalFront::Empty, LocalFront::Mine),
+            Some(_) => LocalFront::Other,
         }
     })
 }

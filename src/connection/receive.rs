@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::protocol::decoder::WholeMessage;
+use crate::sender::LocalFront;
 
 impl<H: Handler> Connection<H> {
     /// Decode frames and dispatch their events.
@@ -117,16 +118,17 @@ impl<H: Handler> Connection<H> {
         }
         // Commands for this connection (an echo, a close) are applied here, in order; the loop
         // is asked to step in only for commands addressed elsewhere.
-        while let Some(cmd) = crate::sender::pop_local_for(self.id) {
-            if self.apply(cmd.op, cmd.accounted, ctx) == Drive::Dead {
-                self.phase = Phase::Dead;
-                return Step::Dead;
+        loop {
+            match crate::sender::pop_local_for(self.id) {
+                LocalFront::Mine(cmd) => {
+                    if self.apply(cmd.op, cmd.accounted, ctx) == Drive::Dead {
+                        self.phase = Phase::Dead;
+                        return Step::Dead;
+                    }
+                }
+                LocalFront::Other => return Step::Yield,
+                LocalFront::Empty => return Step::Continue,
             }
-        }
-        if crate::sender::has_local() {
-            Step::Yield
-        } else {
-            Step::Continue
         }
     }
 

@@ -118,8 +118,8 @@ impl<H: Handler> Connection<H> {
     pub(super) fn queue_message(&mut self, ctx: &mut Ctx<'_>, msg: &Message) -> usize {
         let op = if msg.is_text() { OpCode::Text } else { OpCode::Binary };
         let payload = match msg {
-            Message::Text(t) => t.as_bytes().clone(),
-            Message::Binary(b) => b.clone(),
+            Message::Text(t) => t.as_bytes(),
+            Message::Binary(b) => b,
         };
         match ctx.settings.auto_fragment_size {
             Some(size) if size > 0 && payload.len() > size => {
@@ -136,7 +136,7 @@ impl<H: Handler> Connection<H> {
             }
             _ => {
                 let key = self.mask_key(ctx);
-                self.wq.push_frame(op, true, 0, &payload, key)
+                self.wq.push_frame(op, true, 0, payload, key)
             }
         }
     }

@@ -142,7 +142,10 @@ impl FrameHeader {
         };
         let mask = if masked {
             let m = 2 + ext;
-            Some([buf[m], buf[m + 1], buf[m + 2], buf[m + 3]])
+            // One bounds check and one load instead of four.
+            let mut key = [0u8; 4];
+            key.copy_from_slice(&buf[m..m + 4]);
+            Some(key)
         } else {
             None
         };
