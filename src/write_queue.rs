@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::protocol::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use crate::protocol::mask::apply_mask;
@@ -76,6 +76,17 @@ impl WriteQueue {
     /// Queue one frame; returns the bytes queued. A masked payload is masked as it is copied; an
     /// unmasked payload of at least [`COPY_THRESHOLD`] bytes is queued by reference.
     pub fn push_frame(&mut self, opcode: OpCode, fin: bool, rsv: u8, payload: &Bytes, mask: Option<[u8; 4]>) -> usize {
+        if mask.is_none() && payload.len() < 126 {
+            // The common small server frame: a two-byte header and the payload, appended in
+            // place (RFC 6455 §5.2: FIN, RSV, opcode; then the 7-bit length, mask bit clear).
+            let n = 2 + payload.len();
+            self.tail.reserve(n);
+            self.tail.put_u8((fin as u8) << 7 | (rsv & 0x7) << 4 | opcode as u8);
+            self.tail.put_u8(payload.len() as u8);
+            self.tail.extend_from_slice(payload);
+            self.len += n;
+            return n;
+        }
         let header = FrameHeader { fin, rsv, opcode, mask, payload_len: payload.len() as u64 };
         let mut h = [0u8; MAX_HEADER_LEN];
         let hl = header.encode(&mut h);
@@ -235,6 +246,29 @@ mod tests {
         q.write_to(&mut w).unwrap();
         assert!(q.is_empty());
         assert_eq!(w.out, &expect[..]);
+    }
+
+    #[test]
+    fn every_frame_shape_matches_the_encoder() {
+        // Small unmasked frames take a shortcut; every shape must give the encoder's bytes.
+        let ops = [OpCode::Text, OpCode::Binary, OpCode::Continuation, OpCode::Ping, OpCode::Pong, OpCode::Close];
+        for len in [0, 1, 16, 124, 125, 126, 127, 4095, 4096, 70_000] {
+            let payload = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<u8>>());
+            for op in ops {
+                for (fin, rsv, mask) in
+                    [(true, 0, None), (false, 0, None), (true, 0b100, None), (true, 0, Some([1, 2, 3, 4]))]
+                {
+                    let mut q = WriteQueue::new();
+                    let n = q.push_frame(op, fin, rsv, &payload, mask);
+                    let mut expect = BytesMut::new();
+                    crate::protocol::frame::write_frame(&mut expect, op, fin, rsv, &payload, mask);
+                    assert_eq!((n, q.len()), (expect.len(), expect.len()), "{op:?} {len} {fin} {rsv} {mask:?}");
+                    let mut w = Throttled { out: Vec::new(), cap: usize::MAX, budget: usize::MAX };
+                    q.write_to(&mut w).unwrap();
+                    assert_eq!(w.out, &expect[..], "{op:?} {len} {fin} {rsv} {mask:?}");
+                }
+            }
+        }
     }
 
     #[test]
