@@ -4,8 +4,9 @@
 //!
 //! - on the loop's own thread (inside a handler callback) into a thread-local queue that the loop
 //!   drains right after the callback returns: no lock, no syscall;
-//! - on any other thread into a bounded crossbeam channel, plus at most one `Waker` wake-up per
-//!   batch (the first command after the loop last drained the channel wakes it; the rest ride along).
+//! - on any other thread into a bounded queue that the loop empties a batch at a time
+//!   ([`CommandQueue`]), plus at most one `Waker` wake-up per batch (the first command after the
+//!   loop last emptied the queue wakes it; the rest ride along).
 //!
 //! A `Sender` names its connection by slot and generation ([`ConnId`]). The loop's [`SlotTable`]
 //! records, per slot, the generation of its current connection, whether it is open, and how many
@@ -27,6 +28,7 @@ use crate::prepared::PreparedMessage;
 use crate::protocol::close::CloseCode;
 use crate::protocol::frame::header_len;
 use crate::protocol::message::Message;
+use crate::runtime::command_queue::{CommandQueue, PushError};
 
 /// Identifies one connection of one event loop: its slot and the slot's generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -214,7 +216,8 @@ impl SlotTable {
 /// What every `Sender` of one loop shares.
 pub(crate) struct LoopShared {
     pub loop_id: usize,
-    pub tx: crossbeam_channel::Sender<Command>,
+    /// Commands from other threads (see [`CommandQueue`]).
+    pub queue: CommandQueue<Command>,
     pub waker: mio::Waker,
     /// Set when a wake-up is pending, so a burst of sends costs one `Waker::wake`.
     pub woken: AtomicBool,
@@ -524,23 +527,18 @@ impl Sender {
             LOCAL_QUEUE.with(|q| q.borrow_mut().push_back(cmd));
             return Ok(());
         }
-        let accounted = cmd.accounted;
-        let target = cmd.target;
-        match self.shared.tx.try_send(cmd) {
-            Ok(()) => {}
-            Err(e) => {
-                match target {
-                    Target::Conn(id) => self.shared.slots.release(id.slot as usize, accounted),
-                    Target::All => {
-                        self.shared.pending_broadcast.fetch_sub(accounted, Ordering::Relaxed);
-                    }
-                    Target::Loop => {}
+        if let Err((cmd, e)) = self.shared.queue.push(cmd) {
+            match cmd.target {
+                Target::Conn(id) => self.shared.slots.release(id.slot as usize, cmd.accounted),
+                Target::All => {
+                    self.shared.pending_broadcast.fetch_sub(cmd.accounted, Ordering::Relaxed);
                 }
-                return Err(match e {
-                    crossbeam_channel::TrySendError::Full(_) => Error::ChannelFull,
-                    crossbeam_channel::TrySendError::Disconnected(_) => Error::LoopGone,
-                });
+                Target::Loop => {}
             }
+            return Err(match e {
+                PushError::Full => Error::ChannelFull,
+                PushError::Closed => Error::LoopGone,
+            });
         }
         // One wake-up per batch: a plain load first, so a burst of sends does not bounce the
         // flag's cache line with read-modify-writes while a wake-up is already pending.

@@ -294,6 +294,22 @@ fn loop_handle_rejects_connection_methods() {
 }
 
 #[test]
+fn cross_thread_queue_is_bounded_by_channel_capacity() {
+    // A loop that is not running drains nothing: the fifth command from another thread finds the
+    // queue full, and once the loop is dropped every command fails with LoopGone.
+    let settings = Settings { channel_capacity: 4, ..Settings::default() };
+    let ws = WebSocket::with_settings(|out: Sender| move |m: Message| out.send(m), settings).unwrap();
+    let h = ws.sender();
+    let h2 = h.clone();
+    let results = std::thread::spawn(move || (0..6).map(|_| h2.shutdown()).collect::<Vec<_>>()).join().unwrap();
+    assert!(results[..4].iter().all(|r| r.is_ok()), "{results:?}");
+    assert!(results[4..].iter().all(|r| matches!(r, Err(Error::ChannelFull))), "{results:?}");
+    drop(ws);
+    let r = std::thread::spawn(move || h.shutdown()).join().unwrap();
+    assert!(matches!(r, Err(Error::LoopGone)), "{r:?}");
+}
+
+#[test]
 fn client_talks_to_tungstenite_server_with_subprotocol() {
     let addr = tungstenite_echo_server(Some("chat.v1"));
     let (tx, rx) = mpsc::channel();

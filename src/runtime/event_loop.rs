@@ -22,6 +22,7 @@ use crate::handler::Factory;
 use crate::protocol::handshake::client::{ClientRequest, WsUrl};
 use crate::protocol::mask::MaskGen;
 use crate::read_buffer::ReadBuffer;
+use crate::runtime::command_queue::CommandQueue;
 use crate::runtime::timers::Timers;
 use crate::sender::{self, Command, ConnId, LoopShared, Op, Sender, SlotState, SlotTable, Target};
 use crate::settings::Settings;
@@ -30,6 +31,8 @@ const WAKER: MioToken = MioToken(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX / 2;
 /// After the process ran out of file descriptors, accepting is retried this often.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Command slots the cross-thread batch vector keeps between bursts.
+const INBOX_KEEP: usize = 1024;
 
 static NEXT_LOOP_ID: AtomicUsize = AtomicUsize::new(1);
 
@@ -96,7 +99,8 @@ pub(crate) struct EventLoop<F: Factory> {
     conns: Slab<Connection<F::Handler>>,
     listeners: Vec<Option<TcpListener>>,
     shared: Arc<LoopShared>,
-    rx: crossbeam_channel::Receiver<Command>,
+    /// The batch of cross-thread commands being applied (swapped with the queue's vector).
+    inbox: Vec<Command>,
     timers: Timers,
     mask: MaskGen,
     rbuf: ReadBuffer,
@@ -121,6 +125,13 @@ impl<F: Factory> std::fmt::Debug for EventLoop<F> {
     }
 }
 
+impl<F: Factory> Drop for EventLoop<F> {
+    /// Senders on other threads now get [`Error::LoopGone`]; commands still queued are dropped.
+    fn drop(&mut self) {
+        self.shared.queue.close();
+    }
+}
+
 /// Clears the thread's current-loop mark even if `run` unwinds.
 struct LoopMark;
 
@@ -134,10 +145,9 @@ impl<F: Factory> EventLoop<F> {
     pub fn new(factory: F, settings: Settings) -> Result<Self> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
-        let (tx, rx) = crossbeam_channel::bounded(settings.channel_capacity.max(1));
         let shared = Arc::new(LoopShared {
             loop_id: NEXT_LOOP_ID.fetch_add(1, Ordering::Relaxed),
-            tx,
+            queue: CommandQueue::new(settings.channel_capacity),
             waker,
             woken: AtomicBool::new(false),
             slots: SlotTable::new(settings.max_connections),
@@ -153,7 +163,7 @@ impl<F: Factory> EventLoop<F> {
             conns: Slab::new(),
             listeners: Vec::new(),
             shared,
-            rx,
+            inbox: Vec::new(),
             timers: Timers::default(),
             mask: MaskGen::new(),
             rbuf: ReadBuffer::new(),
@@ -233,7 +243,7 @@ impl<F: Factory> EventLoop<F> {
                 std::thread::Builder::new().name("wsloop-resolve".into()).spawn(move || {
                     let r = (host.as_str(), port).to_socket_addrs().map(|a| a.collect::<Vec<_>>());
                     let cmd = Command { target: Target::Conn(id), op: Op::Resolved(r), accounted: 0 };
-                    if shared.tx.send(cmd).is_ok() && !shared.woken.swap(true, Ordering::AcqRel) {
+                    if shared.queue.push_internal(cmd).is_ok() && !shared.woken.swap(true, Ordering::AcqRel) {
                         let _ = shared.waker.wake();
                     }
                 })?;
@@ -317,12 +327,14 @@ impl<F: Factory> EventLoop<F> {
         }
         self.conns.is_empty()
             && self.listeners.iter().all(Option::is_none)
-            && self.rx.is_empty()
+            && self.shared.queue.is_empty()
             && !sender::has_local()
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() || !self.rx.is_empty() {
+        // Commands queued from other threads need no look here: one queued after the loop last
+        // emptied the queue has woken the poll.
+        if !self.ready.is_empty() {
             return Some(Duration::ZERO);
         }
         let mut t = self.timers.next_timeout(self.now);
@@ -485,17 +497,20 @@ impl<F: Factory> EventLoop<F> {
     }
 
     fn drain_channel(&mut self) {
+        // Cleared before the batch is taken: a command queued after this wakes the next poll.
         self.shared.woken.store(false, Ordering::Release);
-        // Bounded per turn, so a flooding thread cannot starve the sockets.
-        for _ in 0..self.settings.channel_capacity.max(1024) {
-            match self.rx.try_recv() {
-                Ok(cmd) => {
-                    self.apply(cmd);
-                    self.apply_local();
-                }
-                Err(_) => break,
-            }
+        let mut inbox = std::mem::take(&mut self.inbox);
+        self.shared.queue.take_all(&mut inbox);
+        for cmd in inbox.drain(..) {
+            self.apply(cmd);
+            self.apply_local();
         }
+        // After a burst, keep a modest vector: the queue's capacity bounds the batch, not the
+        // memory an idle loop holds.
+        if inbox.capacity() > INBOX_KEEP {
+            inbox.shrink_to(INBOX_KEEP);
+        }
+        self.inbox = inbox;
     }
 
     fn apply(&mut self, cmd: Command) {

@@ -7,6 +7,7 @@
 //! wsloop::listen("127.0.0.1:9001", |out: Sender| move |msg: Message| out.send(msg)).unwrap();
 //! ```
 
+pub(crate) mod command_queue;
 pub(crate) mod event_loop;
 pub(crate) mod timers;
 
