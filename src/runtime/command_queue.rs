@@ -12,8 +12,7 @@
 //! Neither side allocates in the steady state: the two vectors trade places and keep their
 //! capacity (bounded by the queue's capacity, so a burst cannot pin more than that).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 /// Why a push failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,36 +23,43 @@ pub(crate) enum PushError {
     Closed,
 }
 
+#[derive(Debug)]
+struct Inner<T> {
+    items: Vec<T>,
+    /// Set by [`CommandQueue::close`]; read and written only under the lock, so no push slips in
+    /// after a close.
+    closed: bool,
+}
+
 /// A bounded queue of `T`, many producers, one consumer that takes everything at once.
 #[derive(Debug)]
 pub(crate) struct CommandQueue<T> {
-    items: Mutex<Vec<T>>,
+    inner: Mutex<Inner<T>>,
     capacity: usize,
-    closed: AtomicBool,
 }
 
 impl<T> CommandQueue<T> {
     /// A queue holding at most `capacity` items (at least one).
     pub fn new(capacity: usize) -> Self {
-        CommandQueue { items: Mutex::new(Vec::new()), capacity: capacity.max(1), closed: AtomicBool::new(false) }
+        CommandQueue { inner: Mutex::new(Inner { items: Vec::new(), closed: false }), capacity: capacity.max(1) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
-        // A producer cannot panic while holding the lock (push does not allocate-and-panic in a
-        // way that leaves the vector inconsistent), but stay usable if one ever did.
-        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
+        // Nothing panics while holding the lock short of an allocation failure, which leaves the
+        // vector intact: stay usable if the lock was ever poisoned.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queue `item`, or give it back when `capacity` items are waiting or the queue is closed.
     pub fn push(&self, item: T) -> Result<(), (T, PushError)> {
-        if self.closed.load(Ordering::Acquire) {
+        let mut q = self.lock();
+        if q.closed {
             return Err((item, PushError::Closed));
         }
-        let mut q = self.lock();
-        if q.len() >= self.capacity {
+        if q.items.len() >= self.capacity {
             return Err((item, PushError::Full));
         }
-        q.push(item);
+        q.items.push(item);
         Ok(())
     }
 
@@ -61,10 +67,11 @@ impl<T> CommandQueue<T> {
     /// result), one per connection, whose loss would leave a connection hanging. Fails only when
     /// the queue is closed.
     pub fn push_internal(&self, item: T) -> Result<(), T> {
-        if self.closed.load(Ordering::Acquire) {
+        let mut q = self.lock();
+        if q.closed {
             return Err(item);
         }
-        self.lock().push(item);
+        q.items.push(item);
         Ok(())
     }
 
@@ -72,20 +79,24 @@ impl<T> CommandQueue<T> {
     pub fn take_all(&self, out: &mut Vec<T>) {
         debug_assert!(out.is_empty());
         let mut q = self.lock();
-        if !q.is_empty() {
-            std::mem::swap(&mut *q, out);
+        if !q.items.is_empty() {
+            std::mem::swap(&mut q.items, out);
         }
     }
 
     /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().items.is_empty()
     }
 
     /// Refuse further pushes and drop what is waiting (the loop is finished).
     pub fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        let rest = std::mem::take(&mut *self.lock());
+        let rest = {
+            let mut q = self.lock();
+            q.closed = true;
+            std::mem::take(&mut q.items)
+        };
+        // Dropped after the lock is released.
         drop(rest);
     }
 }
@@ -141,6 +152,30 @@ mod tests {
             assert!(out.capacity() <= 2048);
             out.clear();
         }
+    }
+
+    #[test]
+    fn nothing_slips_in_after_a_close() {
+        // Producers racing a close: every push either happened before it (and was dropped by
+        // it) or failed with Closed; none is left waiting in a queue nobody will empty.
+        let q = Arc::new(CommandQueue::new(usize::MAX));
+        let producers: Vec<_> = (0..3)
+            .map(|_| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50_000u32 {
+                        let _ = q.push(i);
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        q.close();
+        for p in producers {
+            p.join().unwrap();
+        }
+        assert!(q.is_empty(), "a push landed after the close");
+        assert_eq!(q.push(1), Err((1, PushError::Closed)));
     }
 
     #[test]
