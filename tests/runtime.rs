@@ -453,3 +453,40 @@ fn ipv6_listener_and_client() {
     control.shutdown().unwrap();
     join_within(h, T);
 }
+
+#[test]
+fn partial_large_frames_survive_both_leftover_paths() {
+    // Two connections share the loop's read buffer. A sends 100 KiB binary frames in 30 KiB
+    // writes (each pass reads more than its partial frame: the partial frame is copied out and
+    // back), B the same frames in 700-byte writes (a trickle: B keeps the buffer it is in). Their
+    // writes interleave, so each connection's partial frame must survive the other's reads, and
+    // every echo must come back byte-exact.
+    let settings = Settings { keepalive_interval: None, ..Settings::default() };
+    let server = spawn_server(|out: Sender| move |m: Message| out.send(m), settings);
+    let mut a = Raw::connect(server.addr, "/");
+    let mut b = Raw::connect(server.addr, "/");
+    for round in 0..3u8 {
+        let pa: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8 ^ round).collect();
+        let pb: Vec<u8> = (0..100 * 1024).map(|i| (i % 241) as u8 ^ round ^ 0x5a).collect();
+        let (fa, fb) = (bytes_frame(true, 2, &pa), bytes_frame(true, 2, &pb));
+        let (mut ia, mut ib) = (0, 0);
+        while ia < fa.len() || ib < fb.len() {
+            let na = (fa.len() - ia).min(30 * 1024);
+            a.send_raw(&fa[ia..ia + na]);
+            ia += na;
+            for _ in 0..8 {
+                let nb = (fb.len() - ib).min(700);
+                b.send_raw(&fb[ib..ib + nb]);
+                ib += nb;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let ea = a.read_frame();
+        let eb = b.read_frame();
+        assert_eq!((ea.fin, ea.opcode), (true, 2));
+        assert!(ea.payload == pa, "A's echo differs in round {round}");
+        assert_eq!((eb.fin, eb.opcode), (true, 2));
+        assert!(eb.payload == pb, "B's echo differs in round {round}");
+    }
+    server.stop();
+}
