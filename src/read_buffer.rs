@@ -9,9 +9,10 @@
 //! whole-message path; see `docs/performance.md`).
 //!
 //! The event loop owns one full-size buffer and lends it to whichever connection is reading; after
-//! decoding, at most a partial frame header, control frame or handshake head is left (payload is
-//! handed out as it arrives), which the connection keeps in a small buffer of its own. Idle
-//! connections hold no buffer at all.
+//! decoding, at most one partial frame or handshake head is left (payload is handed out as it
+//! arrives, or a binary frame of up to half the buffer is awaited whole), which the connection
+//! usually keeps as a copy in a buffer of its own (`Connection::drive` says when it keeps the
+//! loop's buffer instead). Idle connections hold no buffer at all.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -117,7 +118,7 @@ impl ReadBuffer {
         self.buf = data;
     }
 
-    /// Append bytes (used when a small leftover moves from the loop's buffer to a connection).
+    /// Append bytes (used when a leftover moves between the loop's buffer and a connection's).
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
