@@ -501,13 +501,15 @@ impl<F: Factory> EventLoop<F> {
         self.shared.woken.store(false, Ordering::Release);
         let mut inbox = std::mem::take(&mut self.inbox);
         self.shared.queue.take_all(&mut inbox);
+        let batch = inbox.len();
         for cmd in inbox.drain(..) {
             self.apply(cmd);
             self.apply_local();
         }
-        // After a burst, keep a modest vector: the queue's capacity bounds the batch, not the
-        // memory an idle loop holds.
-        if inbox.capacity() > INBOX_KEEP {
+        // Once a burst is over (a small batch), give back what it grew the vector to: the
+        // queue's capacity bounds a batch, not the memory an idle loop keeps. During a burst the
+        // two vectors keep their size, so sustained cross-thread traffic allocates nothing.
+        if batch <= INBOX_KEEP / 4 && inbox.capacity() > INBOX_KEEP {
             inbox.shrink_to(INBOX_KEEP);
         }
         self.inbox = inbox;
