@@ -54,9 +54,9 @@ use crate::write_queue::WriteQueue;
 /// the turn.
 const CORK_LIMIT: usize = 256 * 1024;
 
-/// Undecoded bytes up to this size are copied out of the loop's read buffer when a callback
-/// yielded (more frames may follow in the buffer); more keep the buffer.
-const SMALL_LEFTOVER: usize = 4096;
+// Undecoded bytes up to `SMALL_LEFTOVER` are always copied out of the loop's read buffer, also
+// when a callback yielded (more frames may follow in the buffer); see `drive`.
+use crate::read_buffer::SMALL_LEFTOVER;
 
 /// What the loop lends a connection while driving it.
 pub(crate) struct Ctx<'a> {
@@ -67,6 +67,8 @@ pub(crate) struct Ctx<'a> {
     pub registry: &'a Registry,
     pub loop_rbuf: &'a mut ReadBuffer,
     pub buf_pool: &'a mut Vec<BytesMut>,
+    /// Buffers large leftovers were copied into, for reuse.
+    pub leftover_pool: &'a mut Vec<BytesMut>,
     pub now: Instant,
 }
 
@@ -328,7 +330,7 @@ impl<H: Handler> Connection<H> {
             if self.rbuf.filled() > 0 {
                 ctx.loop_rbuf.extend_from_slice(self.rbuf.data());
             }
-            self.rbuf.clear();
+            self.rbuf.release_leftover(ctx.leftover_pool);
             std::mem::swap(&mut self.rbuf, ctx.loop_rbuf);
         }
         let budget = self.budget;
@@ -364,10 +366,12 @@ impl<H: Handler> Connection<H> {
             return;
         }
         self.holds_read_buffer = false;
-        let mut own = ReadBuffer::new();
-        if left > 0 {
-            own.extend_from_slice(self.rbuf.data());
-        }
+        let own = if left > 0 {
+            let large = ctx.settings.read_buffer_size / 2 + MAX_HEADER_LEN;
+            ReadBuffer::leftover(self.rbuf.data(), ctx.leftover_pool, large)
+        } else {
+            ReadBuffer::new()
+        };
         let mut read = std::mem::replace(&mut self.rbuf, own);
         read.consume(left);
         let mut previous = std::mem::replace(ctx.loop_rbuf, read);

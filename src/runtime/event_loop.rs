@@ -48,6 +48,7 @@ macro_rules! ctx {
             registry: $lp.poll.registry(),
             loop_rbuf: &mut $lp.rbuf,
             buf_pool: &mut $lp.buf_pool,
+            leftover_pool: &mut $lp.leftover_pool,
             now: $lp.now,
         }
     };
@@ -105,6 +106,8 @@ pub(crate) struct EventLoop<F: Factory> {
     mask: MaskGen,
     rbuf: ReadBuffer,
     buf_pool: Vec<bytes::BytesMut>,
+    /// Buffers for connections' large leftovers (partial frames), reused.
+    leftover_pool: Vec<bytes::BytesMut>,
     cmds: Vec<Command>,
     /// Readiness events of the current turn (reused, so polling allocates nothing).
     batch: Vec<(usize, bool, bool, bool)>,
@@ -168,6 +171,7 @@ impl<F: Factory> EventLoop<F> {
             mask: MaskGen::new(),
             rbuf: ReadBuffer::new(),
             buf_pool: Vec::new(),
+            leftover_pool: Vec::new(),
             cmds: Vec::new(),
             batch: Vec::with_capacity(1024),
             ready: VecDeque::new(),
