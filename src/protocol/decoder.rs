@@ -347,10 +347,10 @@ impl Decoder {
         })
     }
 
-    /// [`try_whole_message`](Self::try_whole_message) and
-    /// [`awaits_whole_frame`](Self::awaits_whole_frame) in one look at the header (the receive
-    /// path's per-message cost): a whole message, "wait for the rest of this binary frame of at
-    /// most `await_limit` bytes (header included)", or "decode with `next_event`".
+    /// [`try_whole_message`](Self::try_whole_message) plus the decision to await a binary frame
+    /// whole, in one look at the header (the receive path's per-message cost): a whole message,
+    /// "wait for the rest of this binary frame of at most `await_limit` bytes (header included)",
+    /// or "decode with `next_event`".
     pub fn whole_message(&mut self, buf: &mut BytesMut, await_limit: usize) -> Result<WholeMessage, ProtocolError> {
         if self.state != State::Header || self.message.is_some() {
             return Ok(WholeMessage::Decode);

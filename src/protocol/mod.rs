@@ -11,7 +11,7 @@
 //! | joining chunks into frames or messages | [`assembler`] |
 //! | the opening handshake, both sides | [`handshake`] |
 //!
-//! The event loop ([`crate::runtime`]) drives these; any other I/O layer can too.
+//! The event loop ([`WebSocket`](crate::WebSocket)) drives these; any other I/O layer can too.
 
 pub mod assembler;
 pub mod close;
