@@ -4,7 +4,7 @@
 usage: scripts/ab.py REPS 'WSLOAD ARGS' NAME='COMMAND' [NAME='COMMAND' ...]
 
 COMMAND contains {port}; prefix it with raw: for a raw-TCP server (wsload --raw). Each
-repetition starts every target in turn (server on CPU 0, wsload on CPU 1, 1 s warm-up, 4 s
+repetition starts every target in turn (in an order rotated by one each repetition) (server on CPU 0, wsload on CPU 1, 1 s warm-up, 4 s
 measured), so slow drifts of a shared VM hit every build alike. Server CPU per message is
 utime + stime from /proc/PID/stat over the measured window, divided by the messages echoed
 (10 ms ticks: fine for runs of seconds). Prints every repetition, then the medians.
@@ -25,7 +25,10 @@ def cpu(pid):
     return (int(x[11])+int(x[12]))/os.sysconf('SC_CLK_TCK')
 port=9150
 for r in range(reps):
-    for n,cmd in targets:
+    # Rotate the order every repetition: on a shared VM the first run of a round can be
+    # systematically faster or slower (one A/B here showed 8% from position alone).
+    k=r%len(targets)
+    for n,cmd in targets[k:]+targets[:k]:
         port+=1
         raw=cmd.startswith('raw:'); c=cmd[4:] if raw else cmd
         p=subprocess.Popen(['taskset','-c','0','bash','-c','exec '+c.replace('{port}',str(port))],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)
