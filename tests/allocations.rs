@@ -131,34 +131,36 @@ fn read_data(client: &mut TWebSocket<TcpStream>) -> Vec<u8> {
     }
 }
 
-fn report(case: &str, used: u64, measured: usize) -> f64 {
+/// Echo `warm + measured` messages and assert the loop thread's allocations per message in the
+/// measured part stay below `bound`.
+fn assert_allocations_below(
+    case: &str,
+    size: usize,
+    text: bool,
+    depth: usize,
+    warm: usize,
+    measured: usize,
+    bound: f64,
+) {
+    let used = allocations_while_echoing(size, text, depth, warm, measured);
     let per = used as f64 / measured as f64;
     eprintln!("{case}: {used} allocations on the loop thread for {measured} echoes = {per:.4} per message");
-    per
+    assert!(per < bound, "{case}: the hot path allocates {per} times per message (bound {bound})");
 }
 
 #[test]
 fn small_binary_ping_pong_allocates_nothing_per_message() {
-    let measured = 20_000;
-    let used = allocations_while_echoing(16, false, 1, 2_000, measured);
-    let per = report("16 B binary, depth 1", used, measured);
-    assert!(per < 0.01, "the hot path allocates: {per} allocations per message");
+    assert_allocations_below("16 B binary, depth 1", 16, false, 1, 2_000, 20_000, 0.01);
 }
 
 #[test]
 fn small_binary_pipelined_allocates_nothing_per_message() {
-    let measured = 50_000;
-    let used = allocations_while_echoing(16, false, 32, 5_000, measured);
-    let per = report("16 B binary, depth 32", used, measured);
-    assert!(per < 0.01, "the hot path allocates: {per} allocations per message");
+    assert_allocations_below("16 B binary, depth 32", 16, false, 32, 5_000, 50_000, 0.01);
 }
 
 #[test]
 fn small_text_allocates_nothing_per_message() {
-    let measured = 20_000;
-    let used = allocations_while_echoing(128, true, 1, 2_000, measured);
-    let per = report("128 B text, depth 1", used, measured);
-    assert!(per < 0.01, "the hot path allocates: {per} allocations per message");
+    assert_allocations_below("128 B text, depth 1", 128, true, 1, 2_000, 20_000, 0.01);
 }
 
 #[test]
@@ -166,8 +168,5 @@ fn large_binary_allocations_are_amortised() {
     // 64 KiB messages are read into pooled buffers and queued by reference, their headers split
     // off one shared tail: an occasional buffer, never one per message (before the tail kept
     // room for headers: 1.2 per message).
-    let measured = 2_000;
-    let used = allocations_while_echoing(64 * 1024, false, 4, 200, measured);
-    let per = report("64 KiB binary, depth 4", used, measured);
-    assert!(per < 0.05, "{per} allocations per 64 KiB message");
+    assert_allocations_below("64 KiB binary, depth 4", 64 * 1024, false, 4, 200, 2_000, 0.05);
 }
