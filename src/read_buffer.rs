@@ -110,6 +110,21 @@ impl ReadBuffer {
         }
     }
 
+    /// Move an empty buffer's start back to the beginning of its allocation (to at least `size`
+    /// bytes of room) when no payload handed out still references it; else leave it as it is.
+    ///
+    /// The loop's buffer is consumed from the front, so without this each pass read into the
+    /// free tail after the previous connection's bytes: in `../shared/bench` scenario c, 65% of
+    /// reads filled the (smaller) room they were offered, 1.44 `recvfrom` per `writev` against
+    /// the raw floor's 1.0; and small messages walked through the whole buffer's cache lines
+    /// instead of reusing the first few.
+    pub fn rewind(&mut self, size: usize) {
+        if self.buf.is_empty() && self.buf.capacity() < size {
+            // Never allocates: false (nothing moved) when the memory is still shared.
+            let _ = self.buf.try_reclaim(size);
+        }
+    }
+
     /// Take the buffer (waiting bytes and spare room) for the decoder; nothing is read into this
     /// `ReadBuffer` until [`restore`](Self::restore) gives back what the decoder left.
     pub fn take_data(&mut self) -> BytesMut {
@@ -189,6 +204,36 @@ mod tests {
         let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (b, _) = l.accept().unwrap();
         (a, b)
+    }
+
+    #[test]
+    fn rewind_returns_to_the_start_only_when_nothing_references_the_buffer() {
+        let (mut w, r) = pair();
+        let mut rb = ReadBuffer::new();
+        w.write_all(&[7u8; 100]).unwrap();
+        assert_eq!(rb.read_from(&r, 1024, &mut Vec::new()).unwrap().0, 100);
+        let full = rb.capacity();
+        assert!(full >= 1024);
+        // A payload handed out keeps its bytes: the buffer may not move back over them.
+        let mut data = rb.take_data();
+        let payload = data.split_to(60).freeze();
+        rb.restore(data);
+        rb.consume(40);
+        assert_eq!(rb.filled(), 0);
+        assert_eq!(rb.capacity(), full - 100);
+        rb.rewind(1024);
+        assert_eq!(rb.capacity(), full - 100, "rewound over a live payload");
+        assert_eq!(&payload[..], &[7u8; 60][..]);
+        // Released: the whole allocation is offered again, without allocating.
+        drop(payload);
+        rb.rewind(1024);
+        assert!(rb.capacity() >= 1024, "capacity {} after rewind", rb.capacity());
+        // Waiting bytes are never moved or dropped by a rewind.
+        w.write_all(b"abc").unwrap();
+        rb.read_from(&r, 1024, &mut Vec::new()).unwrap();
+        let cap = rb.capacity();
+        rb.rewind(1 << 20);
+        assert_eq!((rb.data(), rb.capacity()), (&b"abc"[..], cap));
     }
 
     #[test]

@@ -327,6 +327,7 @@ impl<H: Handler> Connection<H> {
         // `return_buffer`) reads into that one instead.
         debug_assert_eq!(ctx.loop_rbuf.filled(), 0);
         if !self.holds_read_buffer {
+            ctx.loop_rbuf.rewind(ctx.settings.read_buffer_size);
             if self.rbuf.filled() > 0 {
                 ctx.loop_rbuf.extend_from_slice(self.rbuf.data());
             }
