@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use wsloop::protocol::decoder::{Decoder, DecoderConfig, Event, Role};
 use wsloop::protocol::frame::{write_frame, OpCode};
-use wsloop::protocol::mask::{apply_mask, apply_mask_bytewise};
+use wsloop::protocol::mask::{apply_mask, apply_mask_bytewise, apply_mask_portable};
 use wsloop::protocol::utf8::Utf8Validator;
 
 const SIZES: [usize; 3] = [16, 1024, 64 * 1024];
@@ -56,6 +56,9 @@ fn masking(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_function(BenchmarkId::new("apply_mask", label(size)), |b| {
             b.iter(|| apply_mask(black_box(&mut buf), black_box(KEY), black_box(0)))
+        });
+        g.bench_function(BenchmarkId::new("portable", label(size)), |b| {
+            b.iter(|| apply_mask_portable(black_box(&mut buf), black_box(KEY), black_box(0)))
         });
         g.bench_function(BenchmarkId::new("bytewise", label(size)), |b| {
             b.iter(|| apply_mask_bytewise(black_box(&mut buf), black_box(KEY), black_box(0)))
