@@ -27,6 +27,11 @@ const LEFTOVER_POOL_SIZE: usize = 8;
 /// pooled buffer (see [`ReadBuffer::leftover`]).
 pub(crate) const SMALL_LEFTOVER: usize = 4096;
 
+/// Room a read buffer keeps beyond the read size, so a pass that spent its read budget a few
+/// bytes short of a frame's end can read the rest into the same buffer (see
+/// `Connection::drive`) instead of leaving a partial frame to be copied out and back.
+pub(crate) const COMPLETION_ROOM: usize = 16 * 1024;
+
 /// Read bytes waiting to be decoded.
 #[derive(Debug, Default)]
 pub(crate) struct ReadBuffer {
@@ -47,6 +52,11 @@ impl ReadBuffer {
     /// The waiting bytes.
     pub fn data(&self) -> &[u8] {
         &self.buf
+    }
+
+    /// Room for reading without moving the data or allocating.
+    pub fn spare(&self) -> usize {
+        self.buf.capacity() - self.buf.len()
     }
 
     /// Memory held, in bytes.
@@ -96,8 +106,8 @@ impl ReadBuffer {
             return;
         }
         // A pooled buffer whose payloads have all been released, or else a new one; either way
-        // with room for the waiting bytes *and* `max` more.
-        let need = self.buf.len() + max;
+        // with room for the waiting bytes *and* `max` more (plus the completion room).
+        let need = self.buf.len() + max + COMPLETION_ROOM;
         let mut fresh = match pool.iter_mut().position(|b| b.try_reclaim(need)) {
             Some(i) => pool.swap_remove(i),
             None => BytesMut::with_capacity(need),
@@ -111,7 +121,7 @@ impl ReadBuffer {
     }
 
     /// Move an empty buffer's start back to the beginning of its allocation (to at least `size`
-    /// bytes of room) when no payload handed out still references it; else leave it as it is.
+    /// bytes of room, plus [`COMPLETION_ROOM`]) when no payload handed out still references it; else leave it as it is.
     ///
     /// The loop's buffer is consumed from the front, so without this each pass read into the
     /// free tail after the previous connection's bytes: in `../shared/bench` scenario c, 65% of
@@ -119,6 +129,7 @@ impl ReadBuffer {
     /// the raw floor's 1.0; and small messages walked through the whole buffer's cache lines
     /// instead of reusing the first few.
     pub fn rewind(&mut self, size: usize) {
+        let size = size + COMPLETION_ROOM;
         if self.buf.is_empty() && self.buf.capacity() < size {
             // Never allocates: false (nothing moved) when the memory is still shared.
             let _ = self.buf.try_reclaim(size);
@@ -213,7 +224,9 @@ mod tests {
         w.write_all(&[7u8; 100]).unwrap();
         assert_eq!(rb.read_from(&r, 1024, &mut Vec::new()).unwrap().0, 100);
         let full = rb.capacity();
-        assert!(full >= 1024);
+        // A new buffer has the read size plus the completion room.
+        assert!(full >= 1024 + COMPLETION_ROOM);
+        assert_eq!(rb.spare(), full - 100);
         // A payload handed out keeps its bytes: the buffer may not move back over them.
         let mut data = rb.take_data();
         let payload = data.split_to(60).freeze();
@@ -227,7 +240,8 @@ mod tests {
         // Released: the whole allocation is offered again, without allocating.
         drop(payload);
         rb.rewind(1024);
-        assert!(rb.capacity() >= 1024, "capacity {} after rewind", rb.capacity());
+        assert!(rb.capacity() >= 1024 + COMPLETION_ROOM, "capacity {} after rewind", rb.capacity());
+        assert_eq!(rb.spare(), rb.capacity());
         // Waiting bytes are never moved or dropped by a rewind.
         w.write_all(b"abc").unwrap();
         rb.read_from(&r, 1024, &mut Vec::new()).unwrap();

@@ -455,6 +455,34 @@ fn ipv6_listener_and_client() {
 }
 
 #[test]
+fn frames_straddling_the_read_budget_are_completed_intact() {
+    // A 64 KiB budget ends 32 bytes short of the fourth 16 KiB frame (each 16,392 bytes with its
+    // masked header): the pass reads those 32 bytes past its budget (the completion read) and
+    // must decode that frame, then the next pass the rest. Several bursts, each written at once,
+    // with frame sizes around the boundary, all echoed byte-exact and in order.
+    let settings = Settings {
+        keepalive_interval: None,
+        read_buffer_size: 64 * 1024,
+        read_budget: 64 * 1024,
+        ..Settings::default()
+    };
+    let server = spawn_server(|out: Sender| move |m: Message| out.send(m), settings);
+    let mut c = Raw::connect(server.addr, "/");
+    for (round, size) in [16 * 1024, 16 * 1024 - 8, 16 * 1024 + 5, 20_000, 16 * 1024].into_iter().enumerate() {
+        let payloads: Vec<Vec<u8>> =
+            (0..9u8).map(|k| (0..size).map(|i| (i % 253) as u8 ^ k ^ (round as u8 * 16)).collect()).collect();
+        let burst: Vec<u8> = payloads.iter().flat_map(|p| bytes_frame(true, 2, p)).collect();
+        c.send_raw(&burst);
+        for (k, p) in payloads.iter().enumerate() {
+            let e = c.read_frame();
+            assert_eq!((e.fin, e.opcode), (true, 2));
+            assert!(e.payload == *p, "echo {k} of round {round} ({size} B) differs");
+        }
+    }
+    server.stop();
+}
+
+#[test]
 fn partial_large_frames_survive_both_leftover_paths() {
     // Two connections share the loop's read buffer. A sends 100 KiB binary frames in 30 KiB
     // writes (each pass reads more than its partial frame: the partial frame is copied out and

@@ -8,6 +8,7 @@ use crate::sender::LocalFront;
 impl<H: Handler> Connection<H> {
     /// Decode frames and dispatch their events.
     pub(super) fn frames(&mut self, ctx: &mut Ctx<'_>) -> Step {
+        self.awaiting = 0;
         let mut data = self.rbuf.take_data();
         let step = self.frames_from(ctx, &mut data);
         self.rbuf.restore(data);
@@ -36,7 +37,10 @@ impl<H: Handler> Connection<H> {
                             other => return other,
                         }
                     }
-                    Ok(WholeMessage::Incomplete) => return Step::Continue,
+                    Ok(WholeMessage::Incomplete { missing }) => {
+                        self.awaiting = missing;
+                        return Step::Continue;
+                    }
                     Ok(WholeMessage::Decode) => {}
                     Err(e) => {
                         log::debug!("{} {:?}: protocol error: {e}", self.id, self.peer);

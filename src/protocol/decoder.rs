@@ -108,8 +108,11 @@ pub enum WholeMessage {
     /// payload.
     Message(MessageKind, Bytes),
     /// The start of a binary frame the fast path will take whole once the rest has arrived:
-    /// read more before decoding.
-    Incomplete,
+    /// read at least `missing` more bytes before decoding.
+    Incomplete {
+        /// Bytes of the frame not in the buffer yet.
+        missing: usize,
+    },
     /// Not for the fast path: decode with [`Decoder::next_event`].
     Decode,
 }
@@ -343,7 +346,7 @@ impl Decoder {
     pub fn try_whole_message(&mut self, buf: &mut BytesMut) -> Result<Option<(MessageKind, Bytes)>, ProtocolError> {
         Ok(match self.whole_message(buf, 0)? {
             WholeMessage::Message(kind, payload) => Some((kind, payload)),
-            WholeMessage::Incomplete | WholeMessage::Decode => None,
+            WholeMessage::Incomplete { .. } | WholeMessage::Decode => None,
         })
     }
 
@@ -379,7 +382,8 @@ impl Decoder {
         if (buf.len() as u64) < total {
             // Text is never awaited: its UTF-8 must fail fast, as its bytes arrive.
             let wait = kind == MessageKind::Binary && total <= await_limit as u64;
-            return Ok(if wait { WholeMessage::Incomplete } else { WholeMessage::Decode });
+            let missing = (total - buf.len() as u64) as usize;
+            return Ok(if wait { WholeMessage::Incomplete { missing } } else { WholeMessage::Decode });
         }
         buf.advance(n);
         let mut payload = buf.split_to(len as usize);
@@ -700,7 +704,7 @@ mod tests {
             }
             r
         };
-        assert_eq!(look(&whole[..500], 4096), WholeMessage::Incomplete);
+        assert_eq!(look(&whole[..500], 4096), WholeMessage::Incomplete { missing: whole.len() - 500 });
         assert_eq!(look(&whole, 4096), WholeMessage::Message(MessageKind::Binary, Bytes::from(vec![5; 1000])));
         assert_eq!(look(&whole[..500], 1000), WholeMessage::Decode, "over the limit: stream it");
         let text = client_frame(OpCode::Text, true, &[b'a'; 1000]);
