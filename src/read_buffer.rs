@@ -27,9 +27,12 @@ const LEFTOVER_POOL_SIZE: usize = 8;
 /// pooled buffer (see [`ReadBuffer::leftover`]).
 pub(crate) const SMALL_LEFTOVER: usize = 4096;
 
-/// Room a read buffer keeps beyond the read size, so a pass that spent its read budget a few
-/// bytes short of a frame's end can read the rest into the same buffer (see
-/// `Connection::drive`) instead of leaving a partial frame to be copied out and back.
+/// How far a connection's pass may read past its read budget, twice over: its reads are offered
+/// the budget plus this much (so a socket holding a little more than the budget, as with four
+/// pipelined 64 KiB frames and a 256 KiB budget, is drained by one `recv`), and a pass that
+/// still ends inside a frame awaited whole reads up to this much more to complete it (see
+/// `Connection::drive`) instead of leaving a partial frame to be copied out and back. Read
+/// buffers are allocated with this much room beyond the largest read they are asked for.
 pub(crate) const COMPLETION_ROOM: usize = 16 * 1024;
 
 /// Read bytes waiting to be decoded.
@@ -106,7 +109,7 @@ impl ReadBuffer {
             return;
         }
         // A pooled buffer whose payloads have all been released, or else a new one; either way
-        // with room for the waiting bytes *and* `max` more (plus the completion room).
+        // with room for the waiting bytes *and* `max` more (plus room to complete a frame).
         let need = self.buf.len() + max + COMPLETION_ROOM;
         let mut fresh = match pool.iter_mut().position(|b| b.try_reclaim(need)) {
             Some(i) => pool.swap_remove(i),

@@ -44,8 +44,9 @@ pub struct Settings {
     /// Set TCP_NODELAY on every connection (no Nagle delay; what latency-sensitive servers
     /// want, and wsloop batches its own writes). Default: true.
     pub tcp_nodelay: bool,
-    /// Size of the loop's read buffer, and the most read from one socket per read call.
-    /// Idle connections hold no read buffer (the loop owns one). Default: 256 KiB.
+    /// Size of the loop's read buffer, and the most read from one socket per read call (plus
+    /// 16 KiB, see `read_budget`; buffers are allocated 32 KiB larger). Idle connections hold
+    /// no read buffer (the loop owns one). Default: 256 KiB.
     pub read_buffer_size: usize,
     /// Most bytes queued for sending on one connection (frames not yet accepted by the kernel).
     /// A send beyond it fails with [`Error::SendQueueFull`](crate::Error::SendQueueFull) and is not
@@ -59,8 +60,10 @@ pub struct Settings {
     /// another thread beyond it fails with [`Error::ChannelFull`](crate::Error::ChannelFull).
     /// Default: 65,536 commands.
     pub channel_capacity: usize,
-    /// Most bytes read from one connection per readiness event before the loop serves the
-    /// others (fairness). Default: 256 KiB.
+    /// Bytes read from one connection per readiness event before the loop serves the others
+    /// (fairness). A pass may read up to 32 KiB past it: 16 KiB so a socket holding slightly
+    /// more than the budget is drained by one read, and 16 KiB more to finish a frame the
+    /// budget ran out in. Default: 256 KiB.
     pub read_budget: usize,
     /// Split outgoing messages into frames of at most this many payload bytes (Autobahn's
     /// `autoFragmentSize`). Default: `None` (one frame per message).
