@@ -207,9 +207,6 @@ impl WriteQueue {
                 }
             }
         }
-        if self.chunks.is_empty() && self.tail.is_empty() {
-            self.tail.clear();
-        }
     }
 
     /// Drop everything queued; returns the bytes dropped.
